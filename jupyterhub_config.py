@@ -1,0 +1,94 @@
+# JupyterHub configuration for GPU workspaces.
+#
+# Works in two places, chosen by GPUWS_IN_COMPOSE:
+#   - inside the compose stack (docker-compose.yaml sets GPUWS_IN_COMPOSE=1): the hub is a
+#     container on the workspaces network and notebook containers reach it by service name;
+#   - directly on a host: `jupyterhub -f jupyterhub_config.py`; the hub's internal API then
+#     listens on the workspaces network's gateway address, where containers reach it.
+# Every setting comes from an environment variable with a working default; see README.md
+# ("Configuration") and .env.example. Logic lives in the `spawner` package, not here.
+import os
+
+from spawner.hubconfig import (
+    check_spawner_config,
+    ensure_network,
+    env_bool,
+    env_json_or_text,
+    env_list,
+    env_number,
+    env_size,
+    env_str,
+    profiles_from_env,
+)
+
+c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
+
+in_compose = env_bool("GPUWS_IN_COMPOSE")
+network = env_str("GPUWS_NETWORK", "gpu-workspaces")
+state_dir = env_str("GPUWS_STATE_DIR", "/srv/jupyterhub/state" if in_compose else os.getcwd())
+os.makedirs(state_dir, exist_ok=True)
+
+# --- the hub and its proxy ------------------------------------------------------------
+c.JupyterHub.bind_url = env_str("GPUWS_BIND_URL", "http://:8000")
+c.JupyterHub.db_url = env_str("GPUWS_DB_URL", f"sqlite:///{state_dir}/jupyterhub.sqlite")
+c.JupyterHub.cookie_secret_file = os.path.join(state_dir, "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = os.path.join(state_dir, "jupyterhub.pid")
+# Servers keep running while the hub restarts; they are re-adopted with their GPUs.
+c.JupyterHub.cleanup_servers = False
+c.ConfigurableHTTPProxy.should_start = True
+c.ConfigurableHTTPProxy.pid_file = os.path.join(state_dir, "jupyterhub-proxy.pid")
+c.JupyterHub.hub_port = int(env_number("GPUWS_HUB_API_PORT", 8081, minimum=1) or 8081)
+if in_compose:
+    c.JupyterHub.hub_ip = "0.0.0.0"  # only reachable on the compose network: not published
+    c.JupyterHub.hub_connect_ip = env_str("GPUWS_HUB_CONNECT_HOST", "hub")
+else:
+    gateway = ensure_network(network)
+    c.JupyterHub.hub_ip = gateway
+    c.JupyterHub.hub_connect_ip = gateway
+
+# --- who may log in -------------------------------------------------------------------
+admins = set(env_list("GPUWS_ADMIN_USERS")) or {"admin"}
+authenticator = env_str("GPUWS_AUTHENTICATOR", "native")
+if authenticator == "native":
+    # Sign-up on the login page; an admin approves each new user at /hub/authorize.
+    # Users listed in GPUWS_ADMIN_USERS are approved when they sign up.
+    c.JupyterHub.authenticator_class = "nativeauthenticator.NativeAuthenticator"
+    c.NativeAuthenticator.open_signup = env_bool("GPUWS_OPEN_SIGNUP", False)
+    c.NativeAuthenticator.minimum_password_length = 8
+    c.JupyterHub.template_paths = [
+        os.path.join(os.path.dirname(__import__("nativeauthenticator").__file__), "templates")
+    ]
+else:
+    # e.g. "dummy" for demos and tests, or "github" / "generic-oauth" (see README: OAuth)
+    c.JupyterHub.authenticator_class = authenticator
+c.Authenticator.admin_users = admins
+c.Authenticator.allow_all = env_bool("GPUWS_ALLOW_ALL", authenticator == "native")
+
+# --- the spawner ------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "gpu-docker"
+c.GPUDockerSpawner.image = env_str("GPUWS_NOTEBOOK_IMAGE", "gpu-workspaces/notebook-cpu:6.1.1")
+c.GPUDockerSpawner.gpu_image = env_str("GPUWS_GPU_IMAGE", "gpu-workspaces/notebook-cuda:6.1.1")
+c.GPUDockerSpawner.network_name = network
+c.GPUDockerSpawner.pull_policy = env_str("GPUWS_PULL_POLICY", "ifnotpresent")
+c.GPUDockerSpawner.profiles = profiles_from_env("GPUWS_PROFILES_FILE")
+# Empty: discover through NVML. Static: "4", "0,1,2,3" or JSON [{"id": ..., "name": ...}].
+c.GPUDockerSpawner.gpu_inventory = env_json_or_text("GPUWS_GPU_INVENTORY")
+c.GPUDockerSpawner.gpu_wait_timeout = env_number("GPUWS_GPU_WAIT_TIMEOUT", 300.0)
+quota = env_number("GPUWS_GPU_QUOTA_PER_USER", None)
+c.GPUDockerSpawner.gpu_quota_per_user = None if quota is None else int(quota)
+if (shm := env_size("GPUWS_DEFAULT_SHM_SIZE")) is not None:
+    c.GPUDockerSpawner.default_shm_size = shm
+if (mem := env_size("GPUWS_MEM_LIMIT")) is not None:
+    c.GPUDockerSpawner.mem_limit = mem
+# Each user's home is a named volume: it survives stop, container removal and hub restarts.
+c.GPUDockerSpawner.volumes = {
+    env_str("GPUWS_HOME_VOLUME", "gpuws-home-{username}"): "/home/jovyan",
+}
+c.GPUDockerSpawner.notebook_dir = "/home/jovyan"
+c.GPUDockerSpawner.default_url = "/lab"
+c.GPUDockerSpawner.http_timeout = int(env_number("GPUWS_HTTP_TIMEOUT", 60) or 60)
+c.GPUDockerSpawner.start_timeout = int(env_number("GPUWS_START_TIMEOUT", 600) or 600)
+
+# Refuse to start with a message that names the option, instead of failing at first spawn.
+if not env_bool("GPUWS_SKIP_CHECKS"):
+    check_spawner_config(c)

@@ -1,0 +1,269 @@
+"""The hub-wide GPU pool: one ledger, one lock and one first-come-first-served queue.
+
+Every spawner of a hub that talks to the same Docker engine shares one :class:`GPUPool`.
+The pool knows nothing about Docker: it is handed an ``observe`` coroutine that returns the
+ids that running containers hold right now (Docker is the source of truth), and it merges
+that with its own ledger, so a GPU is handed out only when neither shows it busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+
+from .allocator import AllocationError, GPULedger, NotEnoughGPUs, QuotaExceeded, check_quota
+from .inventory import Inventory
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What Docker shows right now: GPU ids held by live containers, and their names."""
+
+    busy: frozenset[str]
+    live: frozenset[str]
+
+
+Observe = Callable[[], Awaitable[Observation]]
+WaitReport = Callable[[int, int], None]
+
+
+class GPUWaitTimeout(AllocationError):
+    """No GPU became free while the request waited in the queue."""
+
+
+class GroupQuotaExceeded(QuotaExceeded):
+    """The members of a group together would hold more GPUs than the group may."""
+
+    def _message(self) -> str:
+        return (
+            f"GPU quota: {self.scope} already holds {self.held} of its {self.limit} GPUs, "
+            f"so {self.requested} more cannot be granted; ask a group member to stop a GPU server"
+        )
+
+
+@dataclass(frozen=True)
+class Quota:
+    """GPU limits that apply to one user: their own, and their groups' totals."""
+
+    user_limit: int | None = None
+    user_limit_source: str = "per user"
+    group_limits: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Ticket:
+    holder: str
+    count: int
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """What the spawn form and the dashboard show."""
+
+    total: int
+    free: int
+    queue_length: int
+    holders: dict[str, tuple[str, ...]]
+
+
+class GPUPool:
+    """Exclusive GPU allocation for every server of one hub on one Docker engine."""
+
+    def __init__(self, inventory: Inventory, observe: Observe, *, recheck_interval: float = 2.0):
+        self.inventory = inventory
+        self.ledger = GPULedger(inventory)
+        self._observe = observe
+        self._recheck_interval = recheck_interval
+        self._lock = asyncio.Lock()
+        self._queue: list[_Ticket] = []
+        self._changed = asyncio.Event()
+        self._owners: dict[str, tuple[str, frozenset[str]]] = {}
+        self._observed: frozenset[str] = frozenset()
+        # Holders whose container is up; only these may be reconciled away when Docker no
+        # longer shows them (a holder still being created must keep its claim).
+        self._running: set[str] = set()
+
+    # -- what is busy ---------------------------------------------------------------------
+
+    async def _external_busy(self) -> frozenset[str]:
+        """Ids that live containers hold according to Docker, mapped onto the inventory.
+
+        Also frees the claims of running servers whose container is gone (killed, removed
+        or died behind the hub's back), so their GPUs return before the next poll.
+        """
+        observation = await self._observe()
+        for holder in sorted(self._running - observation.live):
+            self.release(holder)
+        self._observed = observation.busy
+        return self._observed
+
+    def mark_running(self, holder: str) -> None:
+        """The holder's container is up: from now on Docker's view decides its claim."""
+        if self.ledger.held_by(holder):
+            self._running.add(holder)
+
+    def snapshot(self) -> PoolSnapshot:
+        """Free/total as last seen; cheap, for rendering a page."""
+        return PoolSnapshot(
+            total=len(self.inventory),
+            free=self.ledger.free_count(external=self._observed),
+            queue_length=len(self._queue),
+            holders=self.ledger.holders(),
+        )
+
+    async def refresh(self) -> PoolSnapshot:
+        """Ask Docker again, then return the snapshot."""
+        await self._external_busy()
+        return self.snapshot()
+
+    def held_by_user(self, user: str) -> int:
+        return sum(len(self.ledger.held_by(h)) for h, (u, _) in self._owners.items() if u == user)
+
+    def held_by_group(self, group: str) -> int:
+        return sum(len(self.ledger.held_by(h)) for h, (_, g) in self._owners.items() if group in g)
+
+    def check_quota(self, user: str, groups: Collection[str], count: int, quota: Quota) -> None:
+        """Raise QuotaExceeded if ``count`` more GPUs would put the user or a group over."""
+        if count <= 0:
+            return
+        check_quota(
+            requested=count,
+            held=self.held_by_user(user),
+            limit=quota.user_limit,
+            scope=quota.user_limit_source,
+        )
+        for group in sorted(set(groups) & set(quota.group_limits)):
+            held, limit = self.held_by_group(group), quota.group_limits[group]
+            if held + count > limit:
+                raise GroupQuotaExceeded(count, held, limit, f"group '{group}'")
+
+    # -- claim and release ----------------------------------------------------------------
+
+    def queue_position(self, holder: str) -> int | None:
+        for position, ticket in enumerate(self._queue):
+            if ticket.holder == holder:
+                return position
+        return None
+
+    async def acquire(
+        self,
+        holder: str,
+        count: int,
+        *,
+        user: str,
+        groups: Collection[str] = (),
+        quota: Quota | None = None,
+        timeout: float,
+        report: WaitReport | None = None,
+    ) -> tuple[str, ...]:
+        """Claim ``count`` GPUs for ``holder``, waiting first-come-first-served up to ``timeout``.
+
+        ``report(ahead, count)`` is called whenever the wait state changes, so the spawn
+        progress page can say how many requests are ahead. Quotas are checked under the lock,
+        so two concurrent spawns of one user cannot both slip under the limit.
+        """
+        ticket = _Ticket(holder, count)
+        self._queue.append(ticket)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        last_reported: int | None = None
+        try:
+            while True:
+                # Taken before the attempt: a release during the attempt sets this very event,
+                # so the wait below returns at once instead of missing the wake-up.
+                changed = self._changed
+                if self._queue[0] is ticket:
+                    async with self._lock:
+                        external = await self._external_busy()
+                        if quota is not None:
+                            self.check_quota(user, groups, count, quota)
+                        try:
+                            ids = self.ledger.claim(holder, count, external=external)
+                        except NotEnoughGPUs as e:
+                            shortage = e
+                        else:
+                            self._owners[holder] = (user, frozenset(groups))
+                            return ids
+                else:
+                    shortage = None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if shortage is not None and timeout <= 0:
+                        raise shortage
+                    raise GPUWaitTimeout(self._timeout_message(count, timeout))
+                ahead = self._queue.index(ticket)
+                if report is not None and ahead != last_reported:
+                    report(ahead, count)
+                    last_reported = ahead
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        changed.wait(), timeout=min(remaining, self._recheck_interval)
+                    )
+        finally:
+            self._queue.remove(ticket)
+            self._notify()
+
+    def _timeout_message(self, count: int, timeout: float) -> str:
+        plural = "GPU" if count == 1 else "GPUs"
+        if timeout <= 0:
+            return (
+                f"No {count} {plural} free right now and this hub does not queue GPU requests. "
+                "Nothing was started; try again later or pick a smaller profile."
+            )
+        return (
+            f"No {count} {plural} became free within {timeout:g} seconds "
+            f"({len(self.inventory)} GPUs on this host, all in use). "
+            "Nothing was started; try again later or pick a smaller profile."
+        )
+
+    async def claim_exact(
+        self, holder: str, wanted: Collection[str], *, user: str, groups: Collection[str] = ()
+    ) -> tuple[str, ...]:
+        """Claim these particular GPUs (admin-configured ids) if nobody holds any of them."""
+        resolved = [self.inventory.resolve(i) for i in wanted]
+        unknown = [i for i, gpu in zip(wanted, resolved, strict=True) if gpu is None]
+        if unknown:
+            raise AllocationError(f"GPU {', '.join(unknown)} is not in this hub's inventory")
+        ids = tuple(gpu.id for gpu in resolved if gpu is not None)
+        async with self._lock:
+            external = await self._external_busy()
+            taken = sorted(set(ids) & (set(external) | set(self.ledger.busy())))
+            if taken:
+                raise AllocationError(f"GPU {', '.join(taken)} is in use by another container")
+            self.ledger.restore(holder, ids)
+            self._owners[holder] = (user, frozenset(groups))
+        return ids
+
+    def release(self, holder: str) -> tuple[str, ...]:
+        """Give back what ``holder`` held; wakes the queue."""
+        self._owners.pop(holder, None)
+        self._running.discard(holder)
+        ids = self.ledger.release(holder)
+        if ids:
+            self._observed = self._observed - frozenset(ids)
+            self._notify()
+        return ids
+
+    def restore(self, holder: str, ids: Collection[str], *, user: str, groups: Collection[str]):
+        """Re-adopt the GPUs of a server that is still running (e.g. after a hub restart)."""
+        if tuple(self.ledger.held_by(holder)) != tuple(ids):
+            self.ledger.restore(holder, ids)
+        self._owners[holder] = (user, frozenset(groups))
+        self.mark_running(holder)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+__all__ = [
+    "GPUPool",
+    "GPUWaitTimeout",
+    "GroupQuotaExceeded",
+    "Observation",
+    "PoolSnapshot",
+    "Quota",
+]

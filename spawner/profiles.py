@@ -1,0 +1,434 @@
+"""Workspace profiles: the choices on the spawn form, checked once at hub start-up.
+
+A profile bundles what a user may pick: how many GPUs, which image, memory, CPU and
+``/dev/shm`` limits, and who may see it. The admin's list is validated as a whole by
+:func:`parse_profiles` (every mistake reported at once, naming the profile and the field);
+what a user asks for, through the form or raw through the REST API, is checked by
+:func:`resolve_user_options`, which only ever raises :class:`UserOptionsError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped, unused-ignore]
+
+from .sizes import SizeError, format_size, parse_size
+
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
+#: At most this many characters of what a user sent are repeated back in a message.
+ECHO_LIMIT = 64
+_CONSTRAINT_RE = re.compile(r"[^\s=!]+\s*(?:==|!=)\s*\S+")
+
+
+class ProfileError(ValueError):
+    """The admin's profile list is invalid; ``errors`` holds one line per problem."""
+
+    def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.errors: tuple[str, ...] = tuple(errors) or (message,)
+
+
+class UserOptionsError(ValueError):
+    """What a user asked for is not a valid choice; shown to them as a 400 error."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One choice on the spawn form. Sizes are in bytes; ``None`` keeps the spawner's value."""
+
+    slug: str
+    display_name: str
+    description: str = ""
+    gpus: int = 0
+    image: str | None = None  # None: the spawner's image (its GPU image for GPU profiles)
+    mem_limit: int | None = None
+    cpu_limit: float | None = None
+    shm_size: int | None = None
+    default: bool = False
+    groups: tuple[str, ...] = ()  # empty: everyone may use it
+    constraints: tuple[str, ...] = ()  # Swarm placement, e.g. "node.labels.gpu==a100"
+
+    def limits_summary(self) -> str:
+        """Memory and CPU limits in a few words, e.g. ``"16 GiB RAM · 4 CPUs"``; may be empty."""
+        parts: list[str] = []
+        if self.mem_limit is not None:
+            parts.append(f"{format_size(self.mem_limit)} RAM")
+        if self.cpu_limit is not None:
+            parts.append(f"{self.cpu_limit:g} CPU" + ("" if self.cpu_limit == 1 else "s"))
+        return " · ".join(parts)
+
+
+#: The keys a profile may have, in the order the docs list them.
+ALLOWED_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Profile))
+
+#: The profiles a hub gets when the admin configures none.
+DEFAULT_PROFILES: list[dict[str, Any]] = [
+    {
+        "slug": "cpu",
+        "display_name": "CPU only",
+        "description": (
+            "No GPU: for writing and debugging code, preparing data and small experiments. "
+            "Starts right away, even when every GPU is in use."
+        ),
+        "default": True,
+    },
+    {
+        "slug": "gpu-1",
+        "display_name": "1 GPU",
+        "description": (
+            "One GPU that is yours alone while the server runs: training and inference of "
+            "most models. Stop the server when you are done so that others can use the GPU."
+        ),
+        "gpus": 1,
+    },
+    {
+        "slug": "gpu-2",
+        "display_name": "2 GPUs",
+        "description": (
+            "Two GPUs for multi-GPU training (PyTorch DDP, data or model parallel). "
+            "May wait until two GPUs are free; stop the server when you are done."
+        ),
+        "gpus": 2,
+    },
+]
+
+
+def default_profiles_for(total_gpus: int | None) -> list[dict[str, Any]]:
+    """Copies of :data:`DEFAULT_PROFILES` without those asking for more GPUs than the host has."""
+    return [
+        dict(p)
+        for p in DEFAULT_PROFILES
+        if total_gpus is None or int(p.get("gpus", 0)) <= total_gpus
+    ]
+
+
+def _clip(value: object, limit: int = ECHO_LIMIT) -> str:
+    """At most ``limit`` characters of ``value``, unprintable ones replaced, for messages."""
+    text = value if isinstance(value, str) else repr(value)
+    clipped = text[:limit] + ("…" if len(text) > limit else "")
+    return "".join(c if c.isprintable() else "?" for c in clipped)
+
+
+def _shown(value: object) -> str:
+    """``value`` as Python writes it (strings quoted), clipped, for "got …" in messages."""
+    return _clip(repr(value))
+
+
+def _type_name(value: object) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"}
+    if value is None:
+        return "nothing (null)"
+    return names.get(type(value), type(value).__name__)
+
+
+class _Checker:
+    """Validates one profile, appending ``"<where>: field '<key>': <problem>"`` to ``errors``."""
+
+    def __init__(self, where: str, errors: list[str]) -> None:
+        self.where = where
+        self.errors = errors
+
+    def fail(self, key: str, problem: str) -> None:
+        self.errors.append(f"{self.where}: field '{key}': {problem}")
+
+    def text(
+        self, item: Mapping[str, Any], key: str, *, required: bool, word: bool = False
+    ) -> str | None:
+        """A string field; ``word``: taken as is and without spaces (slugs, image names)."""
+        if key not in item or item[key] is None:
+            if required:
+                self.fail(key, "is required")
+            return None
+        value = item[key]
+        if not isinstance(value, str) or (required and not value.strip()):
+            self.fail(key, f"must be a non-empty string, got {_type_name(value)}")
+            return None
+        if not word:
+            return value.strip()
+        if any(c.isspace() for c in value):
+            self.fail(key, f"must not contain spaces, got {_shown(value)}")
+            return None
+        return value
+
+    def count(self, value: object, total_gpus: int | None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail("gpus", f"must be a whole number ≥ 0, got {_shown(value)}")
+            return 0
+        if total_gpus is not None and value > total_gpus:
+            asked = "1 GPU" if value == 1 else f"{value} GPUs"
+            self.fail("gpus", f"asks for {asked} but this host has {total_gpus}")
+        return value
+
+    def size(self, item: Mapping[str, Any], key: str) -> int | None:
+        if item.get(key) is None:
+            return None
+        try:
+            return parse_size(item[key], option=f"{self.where}: field '{key}'")
+        except SizeError as e:
+            self.errors.append(str(e))
+            return None
+
+    def cpus(self, value: object) -> float | None:
+        if value is None:
+            return None
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        ):
+            return float(value)
+        self.fail("cpu_limit", f"must be a number of CPUs > 0 (e.g. 2 or 0.5), got {_shown(value)}")
+        return None
+
+    def names(self, value: object, key: str, example: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            self.fail(key, f"must be a list, e.g. [{example}], got {_type_name(value)}")
+            return ()
+        names: list[str] = []
+        for i, entry in enumerate(value):
+            if not isinstance(entry, str) or not entry.strip():
+                self.fail(f"{key}[{i}]", f"must be a non-empty string, got {_shown(entry)}")
+            elif entry.strip() not in names:
+                names.append(entry.strip())
+        return tuple(names)
+
+
+def _parse_one(
+    item: Mapping[Any, Any],
+    where: str,
+    *,
+    total_gpus: int | None,
+    allowed_images: Collection[str] | None,
+    errors: list[str],
+) -> Profile | None:
+    before = len(errors)
+    unknown = [key for key in item if key not in ALLOWED_KEYS]
+    if unknown:
+        errors.append(
+            f"{where}: unknown key(s) {', '.join(repr(_clip(k, 40)) for k in unknown)}; "
+            f"allowed keys: {', '.join(ALLOWED_KEYS)}"
+        )
+    check = _Checker(where, errors)
+    slug = check.text(item, "slug", required=True, word=True)
+    if slug is not None and not SLUG_RE.fullmatch(slug):
+        check.fail(
+            "slug",
+            f"'{_clip(slug)}' must be 1-63 lowercase letters, digits and '-', starting with "
+            "a letter or digit",
+        )
+    display_name = check.text(item, "display_name", required=True)
+    description = check.text(item, "description", required=False) or ""
+    gpus = check.count(item.get("gpus", 0), total_gpus)
+    image = None
+    if item.get("image") is not None:
+        image = check.text(item, "image", required=True, word=True)
+    if image is not None and allowed_images is not None and image not in allowed_images:
+        choices = ", ".join(sorted(allowed_images)) or "(none)"
+        check.fail("image", f"'{_clip(image)}' is not one of the allowed images: {choices}")
+    mem_limit = check.size(item, "mem_limit")
+    shm_size = check.size(item, "shm_size")
+    if mem_limit is not None and shm_size is not None and shm_size > mem_limit:
+        check.fail(
+            "shm_size",
+            f"{format_size(shm_size)} is more than mem_limit {format_size(mem_limit)}; "
+            "/dev/shm counts against the memory limit",
+        )
+    cpu_limit = check.cpus(item.get("cpu_limit"))
+    default = item.get("default", False)
+    if not isinstance(default, bool):
+        check.fail("default", f"must be true or false, got {_shown(default)}")
+    groups = check.names(item.get("groups"), "groups", "'students'")
+    constraints = check.names(item.get("constraints"), "constraints", "'node.labels.gpu==a100'")
+    for i, constraint in enumerate(constraints):
+        if not _CONSTRAINT_RE.fullmatch(constraint):
+            check.fail(
+                f"constraints[{i}]",
+                f"'{_clip(constraint)}' is not a Swarm constraint like 'node.labels.gpu==a100'",
+            )
+    if len(errors) > before or slug is None or display_name is None:
+        return None
+    return Profile(
+        slug=slug,
+        display_name=display_name,
+        description=description,
+        gpus=gpus,
+        image=image,
+        mem_limit=mem_limit,
+        cpu_limit=cpu_limit,
+        shm_size=shm_size,
+        default=bool(default),
+        groups=groups,
+        constraints=constraints,
+    )
+
+
+def parse_profiles(
+    raw: object,
+    *,
+    total_gpus: int | None,
+    option: str = "profiles",
+    allowed_images: Collection[str] | None = None,
+) -> tuple[Profile, ...]:
+    """Validate the admin's whole profile list and return it as :class:`Profile` objects.
+
+    Each entry is a mapping with the keys of :data:`ALLOWED_KEYS`; ``slug`` and
+    ``display_name`` are required. ``gpus`` may not exceed ``total_gpus`` (unless that is
+    ``None``: unknown); ``image`` must be one of ``allowed_images`` when that is given; sizes
+    are read by :func:`spawner.sizes.parse_size`. At most one profile is the default; without
+    one, the first is. Every problem is collected and raised as one :class:`ProfileError`, one
+    line each, e.g. ``profiles[1] ('gpu-2'): field 'gpus': asks for 4 GPUs but this host has 2``.
+    """
+    if not isinstance(raw, list | tuple):
+        raise ProfileError(f"{option}: must be a list of profiles, got {_type_name(raw)}")
+    if not raw:
+        raise ProfileError(f"{option}: is empty; give at least one profile")
+    errors: list[str] = []
+    profiles: list[Profile] = []
+    first_by_slug: dict[str, int] = {}
+    defaults: list[str] = []
+    for i, item in enumerate(raw):
+        where = f"{option}[{i}]"
+        if not isinstance(item, Mapping):
+            errors.append(
+                f"{where}: must be a mapping with slug, display_name, …, got {_type_name(item)}"
+            )
+            continue
+        slug = item.get("slug")
+        if isinstance(slug, str) and SLUG_RE.fullmatch(slug):
+            where += f" ('{slug}')"
+            if slug in first_by_slug:
+                errors.append(
+                    f"{where}: field 'slug': duplicate of {option}[{first_by_slug[slug]}]"
+                )
+            else:
+                first_by_slug[slug] = i
+        if item.get("default") is True:
+            defaults.append(where)
+        profile = _parse_one(
+            item, where, total_gpus=total_gpus, allowed_images=allowed_images, errors=errors
+        )
+        if profile is not None:
+            profiles.append(profile)
+    if len(defaults) > 1:
+        errors.append(f"{option}: more than one default profile: {', '.join(defaults)}")
+    if errors:
+        raise ProfileError("\n".join(errors), errors)
+    if not defaults:
+        profiles[0] = dataclasses.replace(profiles[0], default=True)
+    return tuple(profiles)
+
+
+def load_profiles_file(path: str) -> object:
+    """Read a YAML (or JSON, for ``.json``) profiles file and return its raw list.
+
+    The file holds the list itself or a mapping ``{profiles: [...]}``. Pass the result to
+    :func:`parse_profiles`. A missing, unreadable or invalid file raises :class:`ProfileError`
+    naming the path.
+    """
+    where = f"profiles file {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{where}: not found") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"{where}: is not UTF-8 text") from None
+    except OSError as e:
+        raise ProfileError(f"{where}: cannot be read: {e.strerror or e}") from None
+    data: object
+    if path.lower().endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"{where}: is not valid JSON: {e}") from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or "syntax error"
+            raise ProfileError(f"{where}: is not valid YAML{at}: {problem}") from None
+    if data is None:
+        raise ProfileError(f"{where}: is empty")
+    if isinstance(data, dict):
+        if set(data) != {"profiles"}:
+            raise ProfileError(
+                f"{where}: must hold a list of profiles, or a mapping with the one key 'profiles'"
+            )
+        data = data["profiles"]
+    return data
+
+
+def visible_profiles(
+    profiles: Sequence[Profile], user_groups: Collection[str]
+) -> tuple[Profile, ...]:
+    """The profiles a user may pick: those without ``groups`` and those sharing a group."""
+    mine = set(user_groups)
+    return tuple(p for p in profiles if not p.groups or mine.intersection(p.groups))
+
+
+def default_profile(profiles: Sequence[Profile]) -> Profile:
+    """The default among ``profiles``, else the first; :class:`ProfileError` if there are none."""
+    if not profiles:
+        raise ProfileError("no profiles are available")
+    return next((p for p in profiles if p.default), profiles[0])
+
+
+def resolve_user_options(profiles_visible: Sequence[Profile], options: object) -> Profile:
+    """The profile a user asked for through the form or the REST API.
+
+    ``options`` must be a JSON object whose only key is ``profile``, the slug of a profile the
+    user can see; ``{}`` means the default profile. Any other input raises
+    :class:`UserOptionsError` (and nothing else), whose message repeats at most
+    :data:`ECHO_LIMIT` characters of what the user sent.
+    """
+    if not isinstance(options, dict):
+        raise UserOptionsError("user options must be a JSON object")
+    unknown = [key for key in options if key != "profile"]
+    if unknown:
+        names = _clip(", ".join(repr(k) if not isinstance(k, str) else k for k in unknown))
+        raise UserOptionsError(f"unknown user option(s): {names}; only 'profile' is accepted")
+    choices = ", ".join(p.slug for p in profiles_visible)
+    if not profiles_visible:
+        raise UserOptionsError("no profiles are available to you; ask an admin of this hub")
+    if "profile" not in options:
+        return default_profile(profiles_visible)
+    wanted = options["profile"]
+    if not isinstance(wanted, str):
+        raise UserOptionsError(
+            f"user option 'profile' must be a string (a profile name), got {_type_name(wanted)}; "
+            f"choose one of: {choices}"
+        )
+    if len(wanted) > ECHO_LIMIT or not SLUG_RE.fullmatch(wanted):
+        raise UserOptionsError(f"'{_clip(wanted)}' is not a profile name; choose one of: {choices}")
+    for profile in profiles_visible:
+        if profile.slug == wanted:
+            return profile
+    raise UserOptionsError(f"unknown profile '{wanted}'; choose one of: {choices}")
+
+
+__all__ = [
+    "ALLOWED_KEYS",
+    "DEFAULT_PROFILES",
+    "ECHO_LIMIT",
+    "Profile",
+    "ProfileError",
+    "UserOptionsError",
+    "default_profile",
+    "default_profiles_for",
+    "load_profiles_file",
+    "parse_profiles",
+    "resolve_user_options",
+    "visible_profiles",
+]
