@@ -169,6 +169,8 @@ class GPUDockerSpawner(DockerSpawner):
 
     @validate("profiles")
     def _validate_profiles(self, proposal: dict[str, Any]) -> list[dict[str, Any]]:
+        if not proposal["value"]:
+            return []  # no profiles: no form, the static settings apply
         try:
             parse_profiles(proposal["value"], total_gpus=None, option=self._opt("profiles"))
         except ProfileError as e:
@@ -300,7 +302,12 @@ class GPUDockerSpawner(DockerSpawner):
         help="Most processes/threads in one container (fork bombs stop here); 0: unlimited.",
     )
     nofile_limit = Int(
-        65536, min=0, config=True, help="Open-files ulimit (data loaders open many)."
+        16384,
+        min=0,
+        config=True,
+        help="""Open-files ulimit (soft and hard) of each container; 0 keeps the engine's.
+        PyTorch shares tensors between DataLoader workers through file descriptors, so the
+        usual 1024 is too few; it cannot exceed dockerd's own hard limit.""",
     )
     docker_threads = Int(
         8,

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 from traitlets import TraitError
@@ -144,8 +145,10 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
         from .docker_spawner import GPUDockerSpawner
 
         spawner_class = GPUDockerSpawner
+    # Spawners render names from their user; a stand-in is enough to run the validators.
+    stand_in_user = SimpleNamespace(name="config-check", groups=[], url="/user/config-check/")
     try:
-        probe = spawner_class(config=config)
+        probe = spawner_class(config=config, user=stand_in_user)
     except (TraitError, ValueError) as e:
         raise ConfigError(str(e)) from None
     option = f"{spawner_class.__name__}.profiles"

@@ -115,7 +115,7 @@ def container_env(client: docker.DockerClient, container_id: str) -> dict[str, s
     `docker exec env` would not show it.
     """
     container = client.containers.get(container_id)
-    code, output = container.exec_run(["cat", "/proc/1/environ"], user="0")
+    code, output = container.exec_run(["cat", "/proc/1/environ"])
     assert code == 0, output
     pairs = [item.split("=", 1) for item in output.decode().split("\0") if "=" in item]
     return {k: v for k, v in pairs}

@@ -102,7 +102,7 @@ def test_cpu_server_has_no_device_request(start_hub, docker_client):
 
 
 def test_shm_size_configured_and_derived(start_hub, docker_client):
-    hub = start_hub(extra_config=NO_PROFILES + "c.GPUDockerSpawner.mem_limit = '1g'\n")
+    hub = start_hub(extra_config=NO_PROFILES + "c.GPUDockerSpawner.mem_limit = '1G'\n")
     # derived: half the 1 GiB memory limit
     hub.spawn("derek")
     derived = _container(hub, docker_client, "derek")
