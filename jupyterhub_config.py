@@ -62,7 +62,9 @@ else:
     # e.g. "dummy" for demos and tests, or "github" / "generic-oauth" (see README: OAuth)
     c.JupyterHub.authenticator_class = authenticator
 c.Authenticator.admin_users = admins
-c.Authenticator.allow_all = env_bool("GPUWS_ALLOW_ALL", authenticator == "native")
+# NativeAuthenticator gates users by admin approval, so "all" means "all approved"; for
+# OAuth set GPUWS_ALLOW_ALL=0 and an allow-list (see README: OAuth).
+c.Authenticator.allow_all = env_bool("GPUWS_ALLOW_ALL", authenticator in ("native", "dummy"))
 
 # --- the spawner ------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "gpu-docker"
@@ -70,9 +72,10 @@ c.GPUDockerSpawner.image = env_str("GPUWS_NOTEBOOK_IMAGE", "gpu-workspaces/noteb
 c.GPUDockerSpawner.gpu_image = env_str("GPUWS_GPU_IMAGE", "gpu-workspaces/notebook-cuda:6.1.1")
 c.GPUDockerSpawner.network_name = network
 c.GPUDockerSpawner.pull_policy = env_str("GPUWS_PULL_POLICY", "ifnotpresent")
-c.GPUDockerSpawner.profiles = profiles_from_env("GPUWS_PROFILES_FILE")
 # Empty: discover through NVML. Static: "4", "0,1,2,3" or JSON [{"id": ..., "name": ...}].
-c.GPUDockerSpawner.gpu_inventory = env_json_or_text("GPUWS_GPU_INVENTORY")
+c.GPUDockerSpawner.gpu_inventory = inventory = env_json_or_text("GPUWS_GPU_INVENTORY")
+# A YAML/JSON list of profiles; default: CPU, 1 GPU, 2 GPUs (those the host can serve).
+c.GPUDockerSpawner.profiles = profiles_from_env("GPUWS_PROFILES_FILE", inventory=inventory)
 c.GPUDockerSpawner.gpu_wait_timeout = env_number("GPUWS_GPU_WAIT_TIMEOUT", 300.0)
 quota = env_number("GPUWS_GPU_QUOTA_PER_USER", None)
 c.GPUDockerSpawner.gpu_quota_per_user = None if quota is None else int(quota)

@@ -19,7 +19,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from .inventory import InventoryError, discover_nvml, parse_static_inventory
-from .profiles import DEFAULT_PROFILES, ProfileError, load_profiles_file, parse_profiles
+from .profiles import ProfileError, default_profiles_for, load_profiles_file, parse_profiles
 from .sizes import SizeError, parse_size
 
 log = logging.getLogger("gpu-workspaces")
@@ -85,11 +85,27 @@ def env_json_or_text(name: str) -> Any:
     return raw
 
 
-def profiles_from_env(name: str = "GPUWS_PROFILES_FILE") -> list[dict[str, Any]]:
-    """Profiles from the YAML/JSON file the variable names, else the shipped defaults."""
+def profiles_from_env(name: str = "GPUWS_PROFILES_FILE", *, inventory: Any = "") -> list[dict]:
+    """Profiles from the YAML/JSON file the variable names, else the shipped defaults.
+
+    The defaults (CPU, 1 GPU, 2 GPUs) are trimmed to the GPUs the host has (``inventory``:
+    the static inventory, or empty to ask NVML), so a one-GPU box starts without a 2-GPU
+    profile; a profile file is taken as written and checked strictly.
+    """
     path = env_str(name)
     if not path:
-        return [dict(p) for p in DEFAULT_PROFILES]
+        total: int | None = None
+        if inventory not in ("", []):
+            try:
+                total = len(parse_static_inventory(inventory, option="GPUWS_GPU_INVENTORY"))
+            except InventoryError as e:
+                raise ConfigError(str(e)) from None
+        else:
+            try:
+                total = len(discover_nvml())
+            except InventoryError:
+                total = None  # the start-up check prints the preflight warning
+        return default_profiles_for(total)
     try:
         raw = load_profiles_file(path)
     except ProfileError as e:

@@ -248,6 +248,21 @@ check_spawner_config(c)
         assert r.status_code in (200, 201), r.text
         return str(r.json()["token"])
 
+    def login(self, name: str, password: str = "any") -> requests.Session:
+        """A browser-like session signed in through the login form (DummyAuthenticator)."""
+        session = requests.Session()
+        page = session.get(f"{self.url}/hub/login", timeout=30)
+        page.raise_for_status()
+        xsrf = session.cookies.get("_xsrf", "")
+        r = session.post(
+            f"{self.url}/hub/login",
+            data={"username": name, "password": password, "_xsrf": xsrf},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert r.status_code == 302, f"login failed: {r.status_code}"
+        return session
+
     def request_spawn(
         self, name: str, options: Any = None, *, server: str = "", raw: bytes | None = None
     ) -> requests.Response:

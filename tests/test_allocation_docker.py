@@ -259,10 +259,8 @@ def test_spawn_form_lists_allowed_profiles_with_live_counts(start_hub, docker_cl
         }
     )
     hub.spawn("holder", {"profile": "gpu-1"})
-    token = hub.user_token("viewer")
-    page = requests.get(
-        f"{hub.url}/hub/spawn/viewer", headers={"Authorization": f"token {token}"}, timeout=30
-    )
+    browser = hub.login("viewer")
+    page = browser.get(f"{hub.url}/hub/spawn/viewer", timeout=30)
     assert page.status_code == 200
     html = page.text
     shown = re.findall(r'data-profile="([^"]+)"', html)
@@ -273,9 +271,7 @@ def test_spawn_form_lists_allowed_profiles_with_live_counts(start_hub, docker_cl
 
     r = hub.api("POST", "/groups/staff", json={"users": ["viewer"]})
     assert r.status_code == 201
-    page = requests.get(
-        f"{hub.url}/hub/spawn/viewer", headers={"Authorization": f"token {token}"}, timeout=30
-    )
+    page = browser.get(f"{hub.url}/hub/spawn/viewer", timeout=30)
     assert re.findall(r'data-profile="([^"]+)"', page.text) == [
         "cpu",
         "gpu-1",
