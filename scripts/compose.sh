@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run docker compose for this repository: `docker compose` (v2 plugin) when
+# available, else docker-compose (v1). Usage: scripts/compose.sh ARGS...
+#
+# Before running compose it exports the image names and versions from
+# images/versions.env (with .env and the caller's environment taking
+# precedence) so that docker-compose.yaml can refer to them.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh source-path=SCRIPTDIR/..
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+gpuws_load_config
+# What the hub starts for CPU-only and GPU sessions: the images we build.
+export GPUWS_NOTEBOOK_IMAGE="${GPUWS_NOTEBOOK_IMAGE:-$NOTEBOOK_CPU_IMAGE}"
+export GPUWS_GPU_IMAGE="${GPUWS_GPU_IMAGE:-$NOTEBOOK_CUDA_IMAGE}"
+# Stable project name whatever the checkout folder is called.
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-gpu-workspaces}"
+# A `compose build` uses the base that scripts/build-images.sh chose last time.
+if [[ -z "${HUB_BASE_IMAGE:-}" ]]; then
+    HUB_BASE_IMAGE="${BASE_IMAGE:-}"
+    if [[ -z "$HUB_BASE_IMAGE" ]]; then
+        HUB_BASE_IMAGE="$(docker image inspect \
+            -f '{{ index .Config.Labels "org.opencontainers.image.base.name" }}' \
+            "$HUB_IMAGE" 2>/dev/null || true)"
+    fi
+    export HUB_BASE_IMAGE="${HUB_BASE_IMAGE:-$CPU_PUBLIC_BASE}"
+fi
+
+cd "$GPUWS_ROOT"
+if docker compose version >/dev/null 2>&1; then
+    exec docker compose "$@"
+elif command -v docker-compose >/dev/null 2>&1; then
+    exec docker-compose "$@"
+fi
+gpuws_die "neither 'docker compose' nor 'docker-compose' is installed (run scripts/install-docker.sh)"
