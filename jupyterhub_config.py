@@ -18,10 +18,16 @@ from spawner.hubconfig import (
     env_number,
     env_size,
     env_str,
+    home_volume_from_env,
     profiles_from_env,
+    secret_file,
+    shared_data_from_env,
+    unset_empty_env,
 )
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
+# Compose passes unset settings as empty strings; for oauthenticator, empty means unset.
+unset_empty_env("OAUTH", "LOGIN_SERVICE", "GITHUB_")
 
 in_compose = env_bool("GPUWS_IN_COMPOSE")
 network = env_str("GPUWS_NETWORK", "gpu-workspaces")
@@ -36,6 +42,10 @@ c.JupyterHub.pid_file = os.path.join(state_dir, "jupyterhub.pid")
 # Servers keep running while the hub restarts; they are re-adopted with their GPUs.
 c.JupyterHub.cleanup_servers = False
 c.ConfigurableHTTPProxy.should_start = True
+# The proxy's API token: CONFIGPROXY_AUTH_TOKEN if set, else generated once and kept in the
+# state volume (compose) or GPUWS_STATE_DIR; never printed, never in the image or compose file.
+if not os.environ.get("CONFIGPROXY_AUTH_TOKEN") and (in_compose or env_str("GPUWS_STATE_DIR")):
+    c.ConfigurableHTTPProxy.auth_token = secret_file(os.path.join(state_dir, "proxy_auth_token"))
 c.ConfigurableHTTPProxy.pid_file = os.path.join(state_dir, "jupyterhub-proxy.pid")
 c.JupyterHub.hub_port = int(env_number("GPUWS_HUB_API_PORT", 8081, minimum=1) or 8081)
 if in_compose:
@@ -52,7 +62,8 @@ authenticator = env_str("GPUWS_AUTHENTICATOR", "native")
 if authenticator == "native":
     # Sign-up on the login page; an admin approves each new user at /hub/authorize.
     # Users listed in GPUWS_ADMIN_USERS are approved when they sign up.
-    c.JupyterHub.authenticator_class = "nativeauthenticator.NativeAuthenticator"
+    # spawner.nativeauth: NativeAuthenticator with its login handler fixed for JupyterHub 6.
+    c.JupyterHub.authenticator_class = "spawner.nativeauth.NativeAuthenticator"
     c.NativeAuthenticator.open_signup = env_bool("GPUWS_OPEN_SIGNUP", False)
     c.NativeAuthenticator.minimum_password_length = 8
     c.JupyterHub.template_paths = [
@@ -65,12 +76,17 @@ c.Authenticator.admin_users = admins
 # NativeAuthenticator gates users by admin approval, so "all" means "all approved"; for
 # OAuth set GPUWS_ALLOW_ALL=0 and an allow-list (see README: OAuth).
 c.Authenticator.allow_all = env_bool("GPUWS_ALLOW_ALL", authenticator in ("native", "dummy"))
+# With OAuth: who may log in besides the admins (comma-separated names).
+if allowed := env_list("GPUWS_ALLOWED_USERS"):
+    c.Authenticator.allowed_users = set(allowed)
 
 # --- the spawner ------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "gpu-docker"
 c.GPUDockerSpawner.image = env_str("GPUWS_NOTEBOOK_IMAGE", "gpu-workspaces/notebook-cpu:6.1.1")
 c.GPUDockerSpawner.gpu_image = env_str("GPUWS_GPU_IMAGE", "gpu-workspaces/notebook-cuda:6.1.1")
 c.GPUDockerSpawner.network_name = network
+# Container names are <prefix>-<user>; two hubs on one engine need different prefixes.
+c.GPUDockerSpawner.prefix = env_str("GPUWS_CONTAINER_PREFIX", "gpuws")
 c.GPUDockerSpawner.pull_policy = env_str("GPUWS_PULL_POLICY", "ifnotpresent")
 # Empty: discover through NVML. Static: "4", "0,1,2,3" or JSON [{"id": ..., "name": ...}].
 c.GPUDockerSpawner.gpu_inventory = inventory = env_json_or_text("GPUWS_GPU_INVENTORY")
@@ -84,9 +100,11 @@ if (shm := env_size("GPUWS_DEFAULT_SHM_SIZE")) is not None:
 if (mem := env_size("GPUWS_MEM_LIMIT")) is not None:
     c.GPUDockerSpawner.mem_limit = mem
 # Each user's home is a named volume: it survives stop, container removal and hub restarts.
-c.GPUDockerSpawner.volumes = {
-    env_str("GPUWS_HOME_VOLUME", "gpuws-home-{username}"): "/home/jovyan",
-}
+# Volume names hold DockerSpawner's escaped user name ([a-z0-9-] only), never the raw one.
+c.GPUDockerSpawner.volumes = {home_volume_from_env("GPUWS_HOME_VOLUME"): "/home/jovyan"}
+# Shared data, read-only for everyone: "/srv/datasets:/home/jovyan/datasets,/srv/x:/data/x".
+# Host paths are on the Docker host (also when the hub runs in compose).
+c.GPUDockerSpawner.read_only_volumes = shared_data_from_env("GPUWS_SHARED_DATA")
 c.GPUDockerSpawner.notebook_dir = "/home/jovyan"
 c.GPUDockerSpawner.default_url = "/lab"
 c.GPUDockerSpawner.http_timeout = int(env_number("GPUWS_HTTP_TIMEOUT", 60) or 60)

@@ -6,13 +6,15 @@
 # keep running (and keep their GPUs); the hub adopts them again on the next
 # `make up`. While any is running the gpu-workspaces network stays too.
 # GPUWS_STOP_SERVERS=1 (make down STOP_SERVERS=1) stops them as well.
+# Extra arguments go to `compose down` (e.g. -v also removes the hub's state
+# volume; users' home volumes are never removed here).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh source-path=SCRIPTDIR/..
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-NETWORK=gpu-workspaces   # docker-compose.yaml: networks.default.name
 gpuws_load_config
+NETWORK="${GPUWS_NETWORK:-gpu-workspaces}"   # docker-compose.yaml: networks.default.name
 compose=("$GPUWS_ROOT/scripts/compose.sh")
 project="${COMPOSE_PROJECT_NAME:-gpu-workspaces}"
 
@@ -30,10 +32,10 @@ if [[ "${GPUWS_STOP_SERVERS:-0}" == 1 ]]; then
         gpuws_log "stopping ${#servers[@]} notebook server(s): ${servers[*]}"
         docker stop "${servers[@]}" >/dev/null
     fi
-    exec "${compose[@]}" down
+    exec "${compose[@]}" down "$@"
 fi
 
-if "${compose[@]}" down; then
+if "${compose[@]}" down "$@"; then
     exit 0
 fi
 mapfile -t servers < <(user_servers)

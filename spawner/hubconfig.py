@@ -11,6 +11,9 @@ import ipaddress
 import json
 import logging
 import os
+import posixpath
+import re
+import secrets
 import sys
 from types import SimpleNamespace
 from typing import Any
@@ -74,6 +77,17 @@ def env_size(name: str) -> int | None:
         raise ConfigError(str(e)) from None
 
 
+def unset_empty_env(*prefixes: str) -> None:
+    """Remove empty environment variables whose names start with one of ``prefixes``.
+
+    docker-compose.yaml passes every setting, set or not, as ``NAME: ${NAME:-}``, so an unset
+    one arrives as an empty string; libraries that read the environment themselves (e.g.
+    oauthenticator's ``OAUTH2_USERNAME_KEY``) would take the empty string literally.
+    """
+    for name in [n for n, v in os.environ.items() if not v and n.startswith(prefixes)]:
+        del os.environ[name]
+
+
 def env_json_or_text(name: str) -> Any:
     """A value that is either JSON (lists, objects) or plain text like ``0,1,2,3``."""
     raw = os.environ.get(name, "").strip()
@@ -113,6 +127,116 @@ def profiles_from_env(name: str = "GPUWS_PROFILES_FILE", *, inventory: Any = "")
     if not isinstance(raw, list):
         raise ConfigError(f"{name}: {path} must hold a list of profiles")
     return raw
+
+
+# Host paths a shared-data mount may not expose, even read-only: a read-only bind of the
+# Docker socket still lets the container drive the engine, and these hold the host's devices,
+# kernel interfaces and the engine's own files.
+_FORBIDDEN_HOST_PATHS = ("/proc", "/sys", "/dev", "/run", "/var/run", "/var/lib/docker", "/etc")
+
+
+def _clean_absolute(path: str, *, name: str, entry: str, side: str) -> str:
+    """``path`` if it is an absolute, already normal POSIX path, else a ConfigError."""
+    if not path.startswith("/"):
+        raise ConfigError(f"{name}: {entry!r}: the {side} path {path!r} must be absolute")
+    if any(c in path for c in "{}\\") or not path.isprintable() or path != path.strip():
+        raise ConfigError(
+            f"{name}: {entry!r}: the {side} path {path!r} has a character that is not allowed "
+            "(braces, backslashes, blanks at the ends, control characters)"
+        )
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        raise ConfigError(
+            f"{name}: {entry!r}: write the {side} path without '.', '..', '//' or a trailing "
+            f"'/' (did you mean {posixpath.normpath(path)!r}?)"
+        )
+    return path
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def shared_data_from_env(
+    name: str = "GPUWS_SHARED_DATA", *, home: str = "/home/jovyan"
+) -> dict[str, str]:
+    """Read-only data mounts for every notebook container: ``{host path: container path}``.
+
+    The variable holds comma-separated ``HOST:CONTAINER`` pairs, e.g.
+    ``/srv/datasets:/home/jovyan/datasets,/srv/models:/data/models``; an optional ``:ro``
+    suffix is accepted, any other mode is refused (the mounts are always read-only). Both
+    paths must be absolute and normal (no ``..``), with no characters DockerSpawner would take
+    for a template; a mount may not cover ``/`` or the home folder, nor expose the host's
+    devices, kernel interfaces or the Docker socket.
+    """
+    mounts: dict[str, str] = {}
+    for entry in env_list(name):
+        parts = entry.split(":")
+        if len(parts) == 3 and parts[2] == "ro":
+            parts = parts[:2]
+        if len(parts) != 2:
+            raise ConfigError(
+                f"{name}: {entry!r}: write HOST:CONTAINER (two absolute paths, one ':'); "
+                "shared data is always mounted read-only, so no mode other than ':ro'"
+            )
+        host = _clean_absolute(parts[0], name=name, entry=entry, side="host")
+        target = _clean_absolute(parts[1], name=name, entry=entry, side="container")
+        if host == "/" or any(_inside(host, bad) for bad in _FORBIDDEN_HOST_PATHS):
+            raise ConfigError(
+                f"{name}: {entry!r}: {host!r} is not a data folder; the host's root, devices, "
+                f"kernel interfaces, /etc, /run and Docker's files may not be shared"
+            )
+        if target == "/" or _inside(home, target):
+            raise ConfigError(
+                f"{name}: {entry!r}: mounting on {target!r} would hide the home folder "
+                f"{home!r}; use a folder inside it (e.g. {home}/datasets) or elsewhere"
+            )
+        if target in mounts.values():
+            raise ConfigError(f"{name}: {entry!r}: {target!r} is the target of two mounts")
+        if host in mounts:
+            raise ConfigError(f"{name}: {entry!r}: {host!r} is listed twice")
+        mounts[host] = target
+    return mounts
+
+
+def home_volume_from_env(
+    name: str = "GPUWS_HOME_VOLUME", default: str = "gpuws-home-{username}"
+) -> str:
+    """The name template of each user's home volume, checked to be one volume per user.
+
+    It must contain ``{username}`` (DockerSpawner fills in the escaped name: lower-case
+    letters, digits and ``-`` escapes, whatever the login name was) and otherwise be a plain
+    Docker volume name: no ``/`` (which would make it a bind mount of a host folder) and no
+    ``{raw_username}``.
+    """
+    template = env_str(name, default)
+    probe = template.replace("{username}", "u").replace("{prefix}", "p")
+    if "{username}" not in template or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", probe):
+        raise ConfigError(
+            f"{name}={template!r}: use a Docker volume name containing {{username}} "
+            "(letters, digits, '_', '.', '-'; e.g. gpuws-home-{username}), so that each user "
+            "gets their own named volume"
+        )
+    return template
+
+
+def secret_file(path: str, *, nbytes: int = 32) -> str:
+    """The secret stored in ``path``; a new random one (mode 0600) when the file is missing.
+
+    For secrets that must outlive a hub restart but that nobody should have to set, such as
+    the proxy's API token: it lives with the cookie secret in the hub's state volume.
+    """
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    value = secrets.token_hex(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
 
 
 def ensure_network(name: str) -> str:
@@ -181,8 +305,9 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
             print(
                 f"[gpu-workspaces] preflight: GPU profiles cannot be served: {e}\n"
                 "  CPU profiles work; GPU profiles are refused with a message until the hub "
-                "can see the GPUs (NVIDIA Container Toolkit + `gpus: all` on the hub service) "
-                "or GPUWS_GPU_INVENTORY lists them.",
+                "can see the GPUs (NVIDIA Container Toolkit on the host + the GPU block of the "
+                "hub service in docker-compose.yaml, README: GPU host wiring) or "
+                "GPUWS_GPU_INVENTORY lists them.",
                 file=sys.stderr,
             )
     if probe.profiles:

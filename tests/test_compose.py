@@ -1,0 +1,266 @@
+"""The compose deployment, driven exactly as the README's quick start says: `make up`,
+`make down`, `make up` again, with the default login (sign-up + admin approval).
+
+Each stack gets its own project name, port, network, volumes and container prefix (all
+settings of docker-compose.yaml), so it runs beside a real deployment and other tests, and
+is removed with its volumes at the end. The GPUs are a static fake inventory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+from harness import REPO, build_images, free_port, wait_for
+from native_auth import api_token, log_in, sign_up
+
+pytestmark = pytest.mark.compose
+
+MAKE_TIMEOUT = 600
+
+
+@dataclass
+class Stack:
+    """One compose deployment of this repository under its own names."""
+
+    client: docker.DockerClient
+    extra_env: dict[str, str] = field(default_factory=dict)
+    name: str = field(default_factory=lambda: f"gpuwsc{secrets.token_hex(3)}")
+    port: int = field(default_factory=free_port)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUWS_", "OAUTH"))}
+        env.update(
+            {
+                "COMPOSE_PROJECT_NAME": self.name,
+                "HUB_BIND": "127.0.0.1",
+                "HUB_PORT": str(self.port),
+                "GPUWS_NETWORK": f"{self.name}-net",
+                "GPUWS_HUB_STATE_VOLUME": f"{self.name}-hub-state",
+                "GPUWS_HOME_VOLUME": f"{self.name}-home-{{username}}",
+                "GPUWS_CONTAINER_PREFIX": self.name,
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def make(self, *args: str) -> tuple[str, float]:
+        """Run a make target of the README; returns its output and seconds taken."""
+        started = time.monotonic()
+        result = subprocess.run(
+            ["make", "-C", str(REPO), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=MAKE_TIMEOUT,
+        )
+        seconds = time.monotonic() - started
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, f"make {' '.join(args)} failed:\n{output[-4000:]}"
+        return output, seconds
+
+    def hub_container(self) -> Any:
+        found = self.client.containers.list(
+            all=True,
+            filters={"label": [f"com.docker.compose.project={self.name}"]},
+        )
+        assert len(found) == 1, [c.name for c in found]
+        return found[0]
+
+    def notebook_containers(self) -> list[Any]:
+        return list(
+            self.client.containers.list(
+                all=True, filters={"label": [f"io.gpu-workspaces.prefix={self.name}"]}
+            )
+        )
+
+    def hub_logs(self) -> str:
+        with contextlib.suppress(docker.errors.NotFound, AssertionError):
+            return str(self.hub_container().logs().decode(errors="replace"))
+        return ""
+
+    def teardown(self) -> None:
+        subprocess.run(
+            ["bash", str(REPO / "scripts" / "down.sh"), "-v"],
+            env={**self.env, "GPUWS_STOP_SERVERS": "1"},
+            capture_output=True,
+            timeout=MAKE_TIMEOUT,
+        )
+        for container in self.notebook_containers():
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+        for volume in self.client.volumes.list(filters={"name": self.name}):
+            with contextlib.suppress(docker.errors.APIError):
+                volume.remove(force=True)
+        with contextlib.suppress(docker.errors.APIError):
+            self.client.networks.get(f"{self.name}-net").remove()
+
+
+@pytest.fixture
+def stack(docker_client, notebook_images, fake_gpu_hook) -> Iterator[Callable[..., Stack]]:
+    build_images("hub")
+    stacks: list[Stack] = []
+
+    def make_stack(**extra_env: str) -> Stack:
+        s = Stack(docker_client, extra_env=extra_env)
+        stacks.append(s)
+        return s
+
+    yield make_stack
+    for s in stacks:
+        s.teardown()
+        assert not docker_client.volumes.list(filters={"name": s.name})
+
+
+def _wait_ready(url: str, token: str, user: str, timeout: float = 180) -> dict[str, Any]:
+    headers = {"Authorization": f"token {token}"}
+
+    def ready() -> dict[str, Any] | None:
+        model = requests.get(f"{url}/hub/api/users/{user}", headers=headers, timeout=30).json()
+        server = model["servers"].get("")
+        return server if server and server.get("ready") else None
+
+    return wait_for(ready, timeout=timeout, interval=0.5)  # type: ignore[no-any-return]
+
+
+def test_make_up_down_up_keeps_users_servers_and_homes(stack, docker_client):
+    s = stack(GPUWS_GPU_INVENTORY="2", GPUWS_ADMIN_USERS="boss")
+    first, first_s = s.make("up")
+    assert f"GPU workspaces are up:  http://127.0.0.1:{s.port}/" in first
+    assert 'choose "Sign up" and create the admin account' in first and "boss" in first
+    assert "preflight" not in first  # the static inventory serves the GPU profiles
+
+    # Only the hub's port is published; the socket and the read-only config only in the hub.
+    hub = s.hub_container()
+    hub_ports = hub.attrs["HostConfig"]["PortBindings"]
+    assert hub_ports == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(s.port)}]}
+    mounts = {m["Destination"]: m for m in hub.attrs["Mounts"]}
+    assert mounts["/srv/jupyterhub/jupyterhub_config.py"]["RW"] is False
+    assert mounts["/srv/jupyterhub/state"]["Name"] == f"{s.name}-hub-state"
+    assert "/var/run/docker.sock" in mounts
+
+    # The admin signs up and logs in; a second person signs up and is approved.
+    password = secrets.token_urlsafe(12)
+    assert "successful" in sign_up(s.url, "boss", password)
+    session = log_in(s.url, "boss", password)
+    token = api_token(session, s.url, "boss")
+    headers = {"Authorization": f"token {token}"}
+    assert "sent to the admin" in sign_up(s.url, "carla", password)
+    with pytest.raises(AssertionError, match="has not been authorized"):
+        log_in(s.url, "carla", password)
+    session.get(f"{s.url}/hub/authorize/carla", timeout=30).raise_for_status()
+    carla_token = api_token(log_in(s.url, "carla", password), s.url, "carla")
+
+    # Spawn a 1-GPU server through the REST API and keep a file in the home.
+    r = requests.post(
+        f"{s.url}/hub/api/users/boss/server", json={"profile": "gpu-1"}, headers=headers, timeout=60
+    )
+    assert r.status_code in (201, 202), r.text
+    _wait_ready(s.url, token, "boss")
+    (notebook,) = s.notebook_containers()
+    gpu = notebook.labels["io.gpu-workspaces.gpus"]
+    assert notebook.attrs["HostConfig"]["PortBindings"] in (None, {})
+    assert all("docker.sock" not in m["Source"] for m in notebook.attrs["Mounts"])
+    assert notebook.attrs["NetworkSettings"]["Networks"].keys() == {f"{s.name}-net"}
+    contents = f"{s.url}/user/boss/api/contents/kept.txt"
+    r = requests.put(
+        contents,
+        json={"type": "file", "format": "text", "content": "still here"},
+        headers=headers,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+
+    down, _ = s.make("down")
+    assert not docker_client.containers.list(
+        all=True, filters={"label": [f"com.docker.compose.project={s.name}"]}
+    ), down
+    notebook.reload()
+    assert notebook.status == "running"
+
+    second, second_s = s.make("up")
+    assert f"http://127.0.0.1:{s.port}/" in second
+    print(f"make up: first {first_s:.1f}s, after make down {second_s:.1f}s")
+    assert second_s < 60  # cached images, nothing to build
+
+    # Same users (the old token and password work), same server, same GPU, same file.
+    server = _wait_ready(s.url, token, "boss", timeout=60)
+    assert server["user_options"] == {"profile": "gpu-1"}
+    assert [c.id for c in s.notebook_containers()] == [notebook.id]
+    r = requests.get(contents, headers=headers, timeout=30)
+    assert r.status_code == 200 and r.json()["content"] == "still here", r.text
+    log_in(s.url, "boss", password)
+
+    # The hub still knows which GPU is taken: carla's 1-GPU server gets the other one.
+    r = requests.post(
+        f"{s.url}/hub/api/users/carla/server",
+        json={"profile": "gpu-1"},
+        headers={"Authorization": f"token {carla_token}"},
+        timeout=60,
+    )
+    assert r.status_code in (201, 202), r.text
+    _wait_ready(s.url, carla_token, "carla")
+    gpus = sorted(c.labels["io.gpu-workspaces.gpus"] for c in s.notebook_containers())
+    assert gpus == ["0", "1"] and gpu in gpus
+
+    # Nothing secret in what `make up` printed or in the hub's log.
+    proxy_token = hub_exec(s.hub_container(), "cat /srv/jupyterhub/state/proxy_auth_token")
+    logs = s.hub_logs()
+    for secret in (password, token, carla_token, proxy_token):
+        assert secret not in first + second + logs
+
+
+def hub_exec(container: Any, command: str) -> str:
+    code, out = container.exec_run(["sh", "-c", command])
+    assert code == 0, out
+    return str(out.decode().strip())
+
+
+def _readme_block(heading: str) -> str:
+    """The first fenced code block after a README heading."""
+    readme = (REPO / "README.md").read_text()
+    match = re.search(rf"^#+ {re.escape(heading)}\n.*?```[a-z]*\n(.*?)```", readme, re.S | re.M)
+    assert match, f"README has no code block under {heading!r}"
+    return match.group(1)
+
+
+def test_oauth_block_from_the_readme_switches_the_login(stack, tmp_path: Path):
+    """The README's OAuth settings, as they stand, give a GitHub login; and a host without
+    visible GPUs gets the preflight message in `make up`'s output."""
+    settings = {}
+    for line in _readme_block("Switching to OAuth").splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    assert settings["GPUWS_AUTHENTICATOR"] == "github"
+    secret = settings["OAUTH_CLIENT_SECRET"]
+    s = stack(**settings)
+    output, _ = s.make("up")
+    assert "Log in with github" in output
+    assert "preflight: GPU profiles cannot be served" in output
+    assert "GPU host wiring" in output
+
+    r = requests.get(f"{s.url}/hub/oauth_login", allow_redirects=False, timeout=30)
+    assert r.status_code == 302, r.text
+    location = r.headers["Location"]
+    assert location.startswith("https://github.com/login/oauth/authorize?")
+    assert f"client_id={settings['OAUTH_CLIENT_ID']}" in location
+    login_page = requests.get(f"{s.url}/hub/login", timeout=30).text
+    assert "Sign in with GitHub" in login_page
+    assert secret not in output + s.hub_logs()
