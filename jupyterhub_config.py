@@ -9,6 +9,7 @@
 # ("Configuration") and .env.example. Logic lives in the `spawner` package, not here.
 import os
 
+from spawner.dashboard import handlers as gpu_dashboard_handlers
 from spawner.hubconfig import (
     check_spawner_config,
     ensure_network,
@@ -24,6 +25,7 @@ from spawner.hubconfig import (
     shared_data_from_env,
     unset_empty_env,
 )
+from spawner.reclaim import idle_culler_service, start_with_hub
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
 # Compose passes unset settings as empty strings; for oauthenticator, empty means unset.
@@ -109,6 +111,33 @@ c.GPUDockerSpawner.notebook_dir = "/home/jovyan"
 c.GPUDockerSpawner.default_url = "/lab"
 c.GPUDockerSpawner.http_timeout = int(env_number("GPUWS_HTTP_TIMEOUT", 60) or 60)
 c.GPUDockerSpawner.start_timeout = int(env_number("GPUWS_START_TIMEOUT", 600) or 600)
+
+# --- idle reclaim, GPU dashboard, metrics (README: "Idle reclaim", "GPU dashboard") ------
+# Any server idle this long is stopped by jupyterhub-idle-culler (0: never).
+c.GPUReclaimer.idle_timeout = idle_timeout = env_number("GPUWS_IDLE_TIMEOUT", 7200.0) or 0.0
+# GPU servers are stopped sooner, and their GPUs go to the next user (0: idle_timeout only).
+c.GPUReclaimer.gpu_idle_timeout = env_number("GPUWS_GPU_IDLE_TIMEOUT", 1800.0) or 0.0
+# With NVML: a GPU server is idle only if its GPUs also show no utilisation.
+c.GPUReclaimer.require_no_gpu_utilization = env_bool("GPUWS_GPU_IDLE_REQUIRE_NO_UTILIZATION", True)
+c.GPUReclaimer.utilization_threshold = int(env_number("GPUWS_GPU_IDLE_UTILIZATION", 1) or 1)
+# How often busy kernels, GPU use and idleness are checked (at most half of each timeout).
+check_every = env_number("GPUWS_IDLE_CHECK_INTERVAL", 60.0, minimum=0.1) or 60.0
+c.GPUReclaimer.check_interval = check_every
+if idle_timeout:
+    culler, culler_role = idle_culler_service(idle_timeout, check_every)
+    c.JupyterHub.services.append(culler)
+    c.JupyterHub.load_roles.append(culler_role)
+# /hub/gpus (page) and /hub/api/gpus (JSON), for admins: every GPU, its holder, the queue.
+c.JupyterHub.extra_handlers = gpu_dashboard_handlers()
+# /hub/metrics (jupyterhub_gpus_*, jupyterhub_gpu_*) needs a token with read:metrics:
+# GPUWS_METRICS_TOKEN becomes the token of a "prometheus" service holding only that scope.
+if metrics_token := env_str("GPUWS_METRICS_TOKEN"):
+    c.JupyterHub.services.append({"name": "prometheus", "api_token": metrics_token})
+    c.JupyterHub.load_roles.append(
+        {"name": "prometheus", "scopes": ["read:metrics"], "services": ["prometheus"]}
+    )
+# The reclaimer and the GPU pool live in the hub process; settings are checked here.
+start_with_hub(c)
 
 # Refuse to start with a message that names the option, instead of failing at first spawn.
 if not env_bool("GPUWS_SKIP_CHECKS"):

@@ -16,22 +16,68 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from datetime import UTC
+from typing import Any
 
 import docker
+import requests
 from dockerspawner import DockerSpawner
 from traitlets import Bool, Int, List, TraitError, Unicode, Union, default, validate
 
+from . import hardening
 from .allocator import AllocationError
 from .devices import build_device_request, claimed_gpus
 from .errors import WorkspaceError
 from .inventory import Inventory, InventoryError, discover_nvml, parse_static_inventory
+from .metrics import count_allocation, register_pools, timed_gpu_wait
+from .names import escape_name
 from .pool import GPUPool, Observation, Quota
+from .reclaim import reclaimer
 from .workspace import GPUAvailability, WorkspaceMixin
 
 _INVENTORIES: dict[str, Inventory] = {}
 _POOLS: dict[tuple[str, tuple[str, ...]], GPUPool] = {}
+register_pools(_POOLS.values)  # the pool gauges on /hub/metrics
+
+
+def engine_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` means the Docker engine did not answer (down, restarting, hung)."""
+    if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    return isinstance(error, docker.errors.DockerException) and not isinstance(
+        error, docker.errors.APIError
+    )
+
+
+def _engine_down_error() -> WorkspaceError:
+    return WorkspaceError(
+        "The Docker engine of this hub is not answering, so no server can start right now. "
+        "Running servers are kept; try again in a minute or tell an admin.",
+        reason="docker-unreachable",
+        status_code=503,
+    )
+
+
+def _explain_docker_error(error: BaseException) -> WorkspaceError | None:
+    """A message for the user when Docker fails in a way they should hear about."""
+    if engine_unreachable(error):
+        return _engine_down_error()
+    if isinstance(error, docker.errors.APIError) and "error setting rlimit" in str(error):
+        return WorkspaceError(
+            "Docker refused this hub's process or open-file limit (GPUDockerSpawner."
+            "nproc_limit / nofile_limit is above dockerd's own limit); tell an admin.",
+            reason="config",
+            status_code=500,
+        )
+    return None
+
+
+def _host_pid_max() -> int | None:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -101,32 +147,70 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
         # Homes live in volumes; removing the container also revokes its API token.
         return True
 
-    @default("prefix")
-    def _default_prefix(self) -> str:
-        return "gpuws"
+    @default("escape")
+    def _default_escape(self) -> Any:
+        # DockerSpawner's "safe" escaping, bounded to 63 characters (spawner/names.py).
+        return escape_name
 
-    docker_threads = Int(
-        8,
-        min=1,
-        config=True,
-        help="""Threads for Docker API calls. Stock DockerSpawner uses one for all servers,
-        which serialises concurrent spawns.""",
-    )
+    def template_namespace(self) -> dict[str, Any]:
+        namespace: dict[str, Any] = super().template_namespace()
+        # DockerSpawner lower-cases server names before escaping, so "Work" and "work"
+        # would share one container; the escape is lower-case and unique by itself.
+        namespace["servername"] = self.escape(getattr(self, "name", "") or "")
+        return namespace
 
-    _pool_executor: ClassVar[ThreadPoolExecutor | None] = None
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._check_host_access()
+        self._use_unambiguous_oauth_client_id()
+
+    def _use_unambiguous_oauth_client_id(self) -> None:
+        """JupyterHub names a server's OAuth client ``jupyterhub-user-{user}-{server}``, so the
+        default server of user ``a-b`` and server ``b`` of user ``a`` share one client: the
+        second to start overwrites the first's client and fails with a 500. Escaped names
+        (``-`` only in escapes, ``--`` between user and server) cannot collide. A server
+        that already has a client (running, e.g. after a hub restart) keeps it."""
+        registered = getattr(self.orm_spawner, "oauth_client_id", None)
+        if registered:
+            self.oauth_client_id = registered
+            return
+        user = getattr(self.user, "name", None)
+        if not self.oauth_client_id or not isinstance(user, str):
+            return
+        client_id = f"jupyterhub-user-{escape_name(user)}"
+        if self.name:
+            client_id += f"--{escape_name(self.name)}"
+        self.oauth_client_id = client_id
+
+    def _check_host_access(self) -> None:
+        """Refuse admin settings that hand notebooks the host (see spawner/hardening.py)."""
+        if self.allow_host_access:
+            return
+        opt = self._opt
+        problems = hardening.unsafe_capabilities(self.cap_add, opt("cap_add"))
+        problems += hardening.unsafe_volumes(self.volumes, opt("volumes"))
+        problems += hardening.unsafe_volumes(self.read_only_volumes, opt("read_only_volumes"))
+        problems += hardening.unsafe_mounts(self.mounts, opt("mounts"))
+        if isinstance(self.extra_host_config, dict):
+            problems += hardening.unsafe_host_config(
+                self.extra_host_config, opt("extra_host_config")
+            )
+        if isinstance(self.extra_create_kwargs, dict):
+            problems += hardening.unsafe_create_kwargs(
+                self.extra_create_kwargs, opt("extra_create_kwargs")
+            )
+        if problems:
+            raise TraitError(
+                "; ".join(problems)
+                + f". Notebook users run arbitrary code: remove the setting, or set "
+                f"{opt('allow_host_access')} = True to accept it (see SECURITY.md)."
+            )
+
+    # (prefix, docker_threads and the executor are shared with the Swarm spawner: workspace.py)
 
     # -- life cycle state ------------------------------------------------------------------
 
     gpu_ids = List(Unicode(), help="GPUs this server holds (state, not config).")
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        cls = GPUDockerSpawner
-        if cls._pool_executor is None:
-            cls._pool_executor = ThreadPoolExecutor(
-                self.docker_threads, thread_name_prefix="gpuws-docker"
-            )
-        return cls._pool_executor
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
@@ -217,7 +301,18 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
         except InventoryError as e:
             self.log.warning("GPU inventory unavailable for the spawn form: %s", e)
             return None
-        snapshot = await pool.refresh()
+        except Exception as e:
+            if not engine_unreachable(e):
+                raise
+            self.log.warning("Docker engine not answering; spawn form without GPU counts: %s", e)
+            return None
+        try:
+            snapshot = await pool.refresh()
+        except Exception as e:
+            if not engine_unreachable(e):
+                raise
+            self.log.warning("Docker engine not answering; spawn form without GPU counts: %s", e)
+            return None
         return GPUAvailability(
             pool.inventory.describe(), snapshot.free, snapshot.total, snapshot.queue_length
         )
@@ -242,6 +337,10 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
                 reason="gpu-inventory",
                 status_code=503,
             ) from None
+        except Exception as e:
+            if engine_unreachable(e):
+                raise _engine_down_error() from None
+            raise
 
     # -- the Docker-facing settings, in one place -----------------------------------------
 
@@ -268,10 +367,16 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
             "security_opt": ["no-new-privileges:true"],
             "init": True,
         }
+        ulimits = []
         if self.nofile_limit:
-            config["ulimits"] = [
-                {"name": "nofile", "soft": self.nofile_limit, "hard": self.nofile_limit}
-            ]
+            ulimits.append({"name": "nofile", "soft": self.nofile_limit, "hard": self.nofile_limit})
+        nproc = self.nproc_limit
+        if nproc is None:
+            nproc = hardening.process_ceiling(_host_pid_max(), self.pids_limit)
+        if nproc:
+            ulimits.append({"name": "nproc", "soft": nproc, "hard": nproc})
+        if ulimits:
+            config["ulimits"] = ulimits
         if self.cap_add:
             config["cap_add"] = list(self.cap_add)
         if self.pids_limit:
@@ -298,6 +403,21 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
         )
         self.extra_create_kwargs = _deep_merge(ours_create, admin_create_kwargs or {})
         try:
+            if not self.allow_host_access:
+                # Settings given as callables are only known now; the rest was checked at
+                # start-up.
+                problems = hardening.unsafe_host_config(
+                    self.extra_host_config, self._opt("extra_host_config")
+                ) + hardening.unsafe_create_kwargs(
+                    self.extra_create_kwargs, self._opt("extra_create_kwargs")
+                )
+                if problems:
+                    raise WorkspaceError(
+                        "This hub's container settings are unsafe, so nothing was started; "
+                        "tell an admin. " + "; ".join(problems),
+                        reason="config",
+                        status_code=500,
+                    )
             return await super().create_object()  # type: ignore[no-any-return]
         finally:
             self.extra_host_config, self.extra_create_kwargs = saved
@@ -335,15 +455,19 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
                 )
 
             try:
-                ids = await pool.acquire(
-                    self.gpu_holder,
-                    self.gpu_count,
-                    user=self.user.name,
-                    groups=self._user_groups(),
-                    quota=self._quota(),
-                    timeout=self.gpu_wait_timeout,
-                    report=report,
-                )
+                with timed_gpu_wait():  # jupyterhub_gpu_wait_duration_seconds
+                    ids = await pool.acquire(
+                        self.gpu_holder,
+                        self.gpu_count,
+                        user=self.user.name,
+                        groups=self._user_groups(),
+                        quota=self._quota(),
+                        timeout=self.gpu_wait_timeout,
+                        report=report,
+                        server=self.name,
+                        profile=self.profile_slug,
+                    )
+                count_allocation(self.profile_slug)
             except AllocationError as e:
                 status = 403 if type(e).__name__ == "QuotaExceeded" else 503
                 raise WorkspaceError(str(e), reason="gpu-unavailable", status_code=status) from None
@@ -351,10 +475,16 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
         wanted = pool.inventory.ids() if self.all_gpus else self.gpu_device_ids
         try:
             ids = await pool.claim_exact(
-                self.gpu_holder, wanted, user=self.user.name, groups=self._user_groups()
+                self.gpu_holder,
+                wanted,
+                user=self.user.name,
+                groups=self._user_groups(),
+                server=self.name,
+                profile=self.profile_slug,
             )
         except AllocationError as e:
             raise WorkspaceError(str(e), reason="gpu-unavailable", status_code=503) from None
+        count_allocation(self.profile_slug)
         return list(ids)
 
     def _release_gpus(self) -> None:
@@ -369,6 +499,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
         if self._profile is None and self.profiles:
             # JupyterHub < 5.3 has no apply_user_options hook
             await self._apply_profile(self.user_options or {})
+        self.check_image_allowed()
         try:
             self.gpu_ids = await self._claim_gpus()
             if self.gpu_ids:
@@ -381,18 +512,39 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
             if self.wait_until_ready:
                 await self._wait_until_answering(*ip_port)
             self._report("Server is up", progress=95)
+            reclaimer(self.config).track(self)  # idle reclaim, busy kernels kept
             return ip_port  # type: ignore[no-any-return]
+        except Exception as e:
+            self._release_gpus()
+            explained = _explain_docker_error(e)
+            if explained is None:
+                raise
+            raise explained from None
         except BaseException:
             self._release_gpus()
             raise
 
     async def poll(self) -> int | str | None:
-        status = await super().poll()
+        try:
+            status = await super().poll()
+        except Exception as e:
+            if not engine_unreachable(e):
+                raise
+            # Cannot tell: keep the server (and its GPUs) until the engine answers again.
+            # Reporting it stopped would throw away a server that is most likely still up,
+            # e.g. when the hub starts before dockerd.
+            self.log.warning(
+                "Docker engine not answering; keeping %s as running: %s", self._log_name, e
+            )
+            return None
         if status is None:
             if self.gpu_ids:
                 await self._readopt_gpus()
-        elif self.gpu_ids:
-            self._release_gpus()
+            reclaimer(self.config).track(self)  # e.g. after a hub restart
+        else:
+            reclaimer(self.config).untrack(self)
+            if self.gpu_ids:
+                self._release_gpus()
         return status  # type: ignore[no-any-return]
 
     async def _readopt_gpus(self) -> None:
@@ -404,14 +556,36 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
         if tuple(pool.ledger.held_by(self.gpu_holder)) == tuple(self.gpu_ids):
             return
         try:
+            started = self.orm_spawner.started if self.orm_spawner is not None else None
             pool.restore(
-                self.gpu_holder, self.gpu_ids, user=self.user.name, groups=self._user_groups()
+                self.gpu_holder,
+                self.gpu_ids,
+                user=self.user.name,
+                groups=self._user_groups(),
+                server=self.name,
+                profile=self.profile_slug,
+                since=started.replace(tzinfo=UTC).timestamp() if started else None,
             )
         except AllocationError as e:
             self.log.error("GPU conflict re-adopting %s: %s", self._log_name, e)
 
     async def stop(self, now: bool = False) -> None:
+        reclaimer(self.config).untrack(self)
         try:
             await super().stop(now=now)
+        except Exception as e:
+            if not engine_unreachable(e):
+                raise
+            # JupyterHub forgets the server and revokes its token whatever happens here; the
+            # container is removed by the next start of this server (same name). Its GPUs
+            # stay busy in Docker's view until then, so they are never handed out twice.
+            self.log.error(
+                "Docker engine not answering while stopping %s; container %s is left for the "
+                "next start of this server to remove: %s",
+                self._log_name,
+                self.object_name,
+                e,
+            )
+            self.clear_state()
         finally:
             self._release_gpus()

@@ -239,15 +239,62 @@ def secret_file(path: str, *, nbytes: int = 32) -> str:
     return value
 
 
-def ensure_network(name: str) -> str:
+def ensure_network(name: str, *, state_dir: str | None = None) -> str:
     """Create the Docker network if missing; return its gateway address.
 
     When the hub runs on the host, containers reach it at this gateway, and binding the hub's
     API there (not on 0.0.0.0) keeps it off the host's other interfaces.
+
+    The address is remembered in ``state_dir`` (default: ``GPUWS_STATE_DIR``, else the
+    working directory). When the engine does not answer at start-up (the hub came up before
+    dockerd, or dockerd is restarting) the remembered address is used, so the hub starts,
+    serves its pages and keeps every running server; the spawner re-checks them once Docker
+    answers. Without a remembered address the hub refuses to start and says why.
     """
+    cache = os.path.join(state_dir or env_str("GPUWS_STATE_DIR", os.getcwd()), "networks.json")
+    try:
+        gateway = _network_gateway(name)
+    except ConfigError as e:
+        try:
+            with open(cache) as f:
+                remembered = json.load(f).get(name)
+        except (OSError, ValueError, AttributeError):
+            remembered = None
+        if not remembered or "unreachable" not in str(e):
+            raise
+        print(
+            f"[gpu-workspaces] Docker engine not answering; using the last known gateway "
+            f"{remembered} of network {name!r}. Running servers are kept and checked again "
+            "once Docker answers.",
+            file=sys.stderr,
+        )
+        return str(ipaddress.ip_address(remembered))
+    try:
+        with open(cache) as f:
+            known = json.load(f)
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    if known.get(name) != gateway:
+        known[name] = gateway
+        try:
+            with open(cache, "w") as f:
+                json.dump(known, f)
+        except OSError as e:
+            log.warning("Cannot remember the gateway of network %s in %s: %s", name, cache, e)
+    return gateway
+
+
+def _network_gateway(name: str) -> str:
     import docker  # the config helpers stay importable without an engine for unit tests
 
-    client = docker.from_env(version="auto")
+    try:
+        client = docker.from_env(version="auto")
+    except docker.errors.DockerException as e:
+        raise ConfigError(
+            f"Docker engine unreachable while preparing network {name!r}: {e}\n"
+            "Start Docker (or run `make up`, which installs it) and try again."
+        ) from None
     try:
         try:
             network = client.networks.get(name)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 from .allocator import AllocationError, GPULedger, NotEnoughGPUs, QuotaExceeded, check_quota
-from .inventory import Inventory
+from .inventory import GPU, Inventory
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,56 @@ class _Ticket:
     holder: str
     count: int
     enqueued: float = field(default_factory=time.monotonic)
+    user: str = ""
+    server: str = ""
+    profile: str = ""
+    since: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Who holds GPUs of the pool: for the dashboard (``since`` is a Unix time)."""
+
+    holder: str
+    user: str
+    server: str
+    profile: str
+    since: float
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One request in the queue, first come first served (``since`` is a Unix time)."""
+
+    position: int
+    holder: str
+    user: str
+    server: str
+    profile: str
+    count: int
+    since: float
+
+
+@dataclass(frozen=True)
+class GPUView:
+    """One GPU as the dashboard shows it: ``free``, ``held`` (by ``holding``) or
+    ``external`` (held by a container this hub did not start)."""
+
+    gpu: GPU
+    state: str
+    holding: Holding | None = None
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """Every GPU with who holds it, and the queue; as last seen (see :meth:`GPUPool.view`)."""
+
+    gpus: tuple[GPUView, ...]
+    queue: tuple[Waiting, ...]
+
+    def count(self, state: str) -> int:
+        return sum(1 for g in self.gpus if g.state == state)
 
 
 @dataclass(frozen=True)
@@ -82,6 +132,7 @@ class GPUPool:
         self._queue: list[_Ticket] = []
         self._changed = asyncio.Event()
         self._owners: dict[str, tuple[str, frozenset[str]]] = {}
+        self._holdings: dict[str, Holding] = {}
         self._observed: frozenset[str] = frozenset()
         # Holders whose container is up; only these may be reconciled away when Docker no
         # longer shows them (a holder still being created must keep its claim).
@@ -114,6 +165,27 @@ class GPUPool:
             queue_length=len(self._queue),
             holders=self.ledger.holders(),
         )
+
+    def view(self) -> PoolView:
+        """Every GPU with its state and holder, and the queue, as last seen; cheap."""
+        held = {gpu_id: holder for holder, ids in self.ledger.holders().items() for gpu_id in ids}
+        gpus = []
+        for gpu in self.inventory:
+            holder = held.get(gpu.id)
+            if holder is not None:
+                holding = self._holdings.get(holder) or Holding(
+                    holder, self._owners.get(holder, ("", frozenset()))[0], "", "", 0.0, ()
+                )
+                gpus.append(GPUView(gpu, "held", holding))
+            elif gpu.id in self._observed:
+                gpus.append(GPUView(gpu, "external"))
+            else:
+                gpus.append(GPUView(gpu, "free"))
+        queue = tuple(
+            Waiting(i, t.holder, t.user, t.server, t.profile, t.count, t.since)
+            for i, t in enumerate(self._queue)
+        )
+        return PoolView(tuple(gpus), queue)
 
     async def refresh(self) -> PoolSnapshot:
         """Ask Docker again, then return the snapshot."""
@@ -159,6 +231,8 @@ class GPUPool:
         quota: Quota | None = None,
         timeout: float,
         report: WaitReport | None = None,
+        server: str = "",
+        profile: str = "",
     ) -> tuple[str, ...]:
         """Claim ``count`` GPUs for ``holder``, waiting first-come-first-served up to ``timeout``.
 
@@ -166,7 +240,7 @@ class GPUPool:
         progress page can say how many requests are ahead. Quotas are checked under the lock,
         so two concurrent spawns of one user cannot both slip under the limit.
         """
-        ticket = _Ticket(holder, count)
+        ticket = _Ticket(holder, count, user=user, server=server, profile=profile)
         self._queue.append(ticket)
         deadline = time.monotonic() + max(timeout, 0.0)
         last_reported: int | None = None
@@ -186,6 +260,7 @@ class GPUPool:
                             shortage = e
                         else:
                             self._owners[holder] = (user, frozenset(groups))
+                            self._hold(holder, user, server, profile, ids)
                             return ids
                 else:
                     shortage = None
@@ -220,7 +295,14 @@ class GPUPool:
         )
 
     async def claim_exact(
-        self, holder: str, wanted: Collection[str], *, user: str, groups: Collection[str] = ()
+        self,
+        holder: str,
+        wanted: Collection[str],
+        *,
+        user: str,
+        groups: Collection[str] = (),
+        server: str = "",
+        profile: str = "",
     ) -> tuple[str, ...]:
         """Claim these particular GPUs (admin-configured ids) if nobody holds any of them."""
         resolved = [self.inventory.resolve(i) for i in wanted]
@@ -235,11 +317,26 @@ class GPUPool:
                 raise AllocationError(f"GPU {', '.join(taken)} is in use by another container")
             self.ledger.restore(holder, ids)
             self._owners[holder] = (user, frozenset(groups))
+            self._hold(holder, user, server, profile, ids)
         return ids
+
+    def _hold(
+        self,
+        holder: str,
+        user: str,
+        server: str,
+        profile: str,
+        ids: Collection[str],
+        since: float | None = None,
+    ) -> None:
+        self._holdings[holder] = Holding(
+            holder, user, server, profile, time.time() if since is None else since, tuple(ids)
+        )
 
     def release(self, holder: str) -> tuple[str, ...]:
         """Give back what ``holder`` held; wakes the queue."""
         self._owners.pop(holder, None)
+        self._holdings.pop(holder, None)
         self._running.discard(holder)
         ids = self.ledger.release(holder)
         if ids:
@@ -247,11 +344,23 @@ class GPUPool:
             self._notify()
         return ids
 
-    def restore(self, holder: str, ids: Collection[str], *, user: str, groups: Collection[str]):
+    def restore(
+        self,
+        holder: str,
+        ids: Collection[str],
+        *,
+        user: str,
+        groups: Collection[str],
+        server: str = "",
+        profile: str = "",
+        since: float | None = None,
+    ) -> None:
         """Re-adopt the GPUs of a server that is still running (e.g. after a hub restart)."""
         if tuple(self.ledger.held_by(holder)) != tuple(ids):
             self.ledger.restore(holder, ids)
         self._owners[holder] = (user, frozenset(groups))
+        if holder not in self._holdings or since is not None:
+            self._hold(holder, user, server, profile, ids, since)
         self.mark_running(holder)
 
     def _notify(self) -> None:
@@ -261,9 +370,13 @@ class GPUPool:
 
 __all__ = [
     "GPUPool",
+    "GPUView",
     "GPUWaitTimeout",
     "GroupQuotaExceeded",
+    "Holding",
     "Observation",
     "PoolSnapshot",
+    "PoolView",
     "Quota",
+    "Waiting",
 ]

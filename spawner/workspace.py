@@ -13,10 +13,12 @@ State it adds to the hub database: ``profile`` (the slug the server was started 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
@@ -47,6 +49,19 @@ LABEL_USER = f"{LABEL_PREFIX}.user"
 LABEL_SERVER = f"{LABEL_PREFIX}.server"
 LABEL_PROFILE = f"{LABEL_PREFIX}.profile"
 LABEL_PREFIX_NAME = f"{LABEL_PREFIX}.prefix"
+
+
+async def _accepts_connections(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections at host:port (refused at once if not)."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 1.0)
+        except (TimeoutError, OSError):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -214,13 +229,37 @@ class WorkspaceMixin(LoggingConfigurable):
         Unicode(),
         config=True,
         help="""Linux capabilities kept after dropping ALL (default none: the notebook runs
-        as an unprivileged user and needs none).""",
+        as an unprivileged user with no-new-privileges and needs none). Only names on
+        ``spawner.hardening.CAPABILITY_ALLOWLIST`` (Docker's defaults without NET_RAW and
+        MKNOD) are accepted unless ``allow_host_access`` is set.""",
+    )
+    allow_host_access = Bool(
+        False,
+        config=True,
+        help="""Accept settings that hand notebooks the host: binding the Docker socket or a
+        host system folder (/, /etc, /proc, /sys, /dev, /run, /var/run, /boot, /root, Docker's
+        data) through ``volumes``/``read_only_volumes``/``mounts``/``extra_host_config``,
+        privileged mode, host namespaces, seccomp/AppArmor switched off, capabilities off the
+        allowlist, ports on every interface, root. Off (default): the hub refuses to start
+        with such a setting and names the option. See SECURITY.md.""",
     )
     pids_limit = Int(
         4096,
         min=0,
         config=True,
         help="Most processes/threads in one container (fork bombs stop here); 0: unlimited.",
+    )
+    nproc_limit = Int(
+        None,
+        allow_none=True,
+        min=0,
+        config=True,
+        help="""Process ulimit (RLIMIT_NPROC, soft and hard) of each container; 0 keeps the
+        engine's. The kernel counts it per uid across the whole host and every notebook
+        runs as the same uid, so it is a ceiling on all notebooks together, not a
+        per-container limit (that is ``pids_limit``). Unset: half the host's
+        kernel.pid_max, at most 65536 and never below ``pids_limit``, which keeps process
+        ids free for the hub and the host. It cannot exceed dockerd's own hard limit.""",
     )
     nofile_limit = Int(
         16384,
@@ -238,12 +277,38 @@ class WorkspaceMixin(LoggingConfigurable):
     )
     profile_slug = Unicode("", help="Profile this server runs (state, not config).")
 
+    # -- talking to the engine (single host or Swarm manager) ----------------------------
+
+    @default("prefix")
+    def _default_prefix(self) -> str:
+        return "gpuws"
+
+    docker_threads = Int(
+        8,
+        min=1,
+        config=True,
+        help="""Threads for Docker API calls. Stock DockerSpawner uses one for all servers,
+        which serialises concurrent spawns.""",
+    )
+
+    _pool_executor: ClassVar[ThreadPoolExecutor | None] = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        cls = WorkspaceMixin
+        if cls._pool_executor is None:
+            cls._pool_executor = ThreadPoolExecutor(
+                self.docker_threads, thread_name_prefix="gpuws-docker"
+            )
+        return cls._pool_executor
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._profile: Profile | None = None
         self._progress_events: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
         self._check_gpu_options()
+        self._check_process_limits()
         self._configured = {
             name: getattr(self, name) for name in ("image", "mem_limit", "cpu_limit", "shm_size")
         }
@@ -265,6 +330,43 @@ class WorkspaceMixin(LoggingConfigurable):
             raise TraitError(
                 f"{' and '.join(self._opt(n) for n in chosen)} are both set; "
                 "ask for a number of GPUs, explicit device ids, or all GPUs — only one"
+            )
+
+    def _check_process_limits(self) -> None:
+        if self.nproc_limit and self.pids_limit and self.nproc_limit < self.pids_limit:
+            raise TraitError(
+                f"{self._opt('nproc_limit')} = {self.nproc_limit} is below "
+                f"{self._opt('pids_limit')} = {self.pids_limit}: the process ulimit is shared "
+                "by every notebook on the host, so one user could starve all others; raise it "
+                "or lower pids_limit"
+            )
+
+    def allowed_workspace_images(self) -> frozenset[str] | None:
+        """Images a server of this hub may run; None when the admin allows any (``"*"``).
+
+        Users never name an image: the form and the REST API accept only a profile. The
+        images are those of the profiles, ``image``, ``gpu_image``, and DockerSpawner's
+        ``allowed_images`` if the admin set it.
+        """
+        images = {self._configured["image"], self.gpu_image}
+        images |= {p.get("image") for p in self.profiles if isinstance(p, dict)}
+        getter = getattr(self, "_get_allowed_images", None)
+        extra = getter() if callable(getter) else None
+        if extra == "*":
+            return None
+        if isinstance(extra, dict):
+            images |= set(extra.values())
+        return frozenset(str(i) for i in images if i)
+
+    def check_image_allowed(self) -> None:
+        """Refuse to start a server whose image is not on the hub's image list."""
+        allowed = self.allowed_workspace_images()
+        if allowed is not None and self.image not in allowed:
+            raise WorkspaceError(
+                f"The image {str(self.image)[:80]!r} is not one this hub runs; "
+                "pick a profile instead.",
+                reason="image",
+                status_code=403,
             )
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -415,8 +517,14 @@ class WorkspaceMixin(LoggingConfigurable):
             explicit=self.shm_size, mem_limit=mem_limit or None, default=self.default_shm_size
         )
 
-    def workspace_labels(self, gpu_ids: list[str]) -> dict[str, str]:
-        """Labels that identify the server and record its GPUs and profile on the object."""
+    def workspace_labels(
+        self, gpu_ids: list[str], *, template_escape: bool = True
+    ) -> dict[str, str]:
+        """Labels that identify the server and record its GPUs and profile on the object.
+
+        ``template_escape=False`` gives the literal values, for labels that go to the engine
+        without passing through DockerSpawner's templating (Swarm services).
+        """
         labels = {
             LABEL_USER: self.user.name,
             LABEL_SERVER: self.name or "",
@@ -424,6 +532,8 @@ class WorkspaceMixin(LoggingConfigurable):
             LABEL_GPUS: ",".join(gpu_ids),
             LABEL_PREFIX_NAME: self.prefix,
         }
+        if not template_escape:
+            return labels
         # DockerSpawner formats every string of extra_create_kwargs as a template; doubled
         # braces come out as the literal user and server names.
         return {k: v.replace("{", "{{").replace("}", "}}") for k, v in labels.items()}
@@ -454,15 +564,22 @@ class WorkspaceMixin(LoggingConfigurable):
         client = AsyncHTTPClient()
         deadline = time.monotonic() + self.http_timeout
         next_state_check = time.monotonic() + 1.0
+        listening = False
         while time.monotonic() < deadline:
+            # Until the port takes connections, probe it with a bare TCP connect: a fifth of
+            # the hub's CPU of an HTTP request, which matters with dozens of spawns at once.
+            listening = listening or await _accepts_connections(ip, port)
             try:
-                await client.fetch(HTTPRequest(url, request_timeout=2.0, follow_redirects=False))
-                return
+                if listening:
+                    await client.fetch(
+                        HTTPRequest(url, request_timeout=2.0, follow_redirects=False)
+                    )
+                    return
             except HTTPClientError as e:
                 if e.code < 500 and e.code != 599:
                     return
             except OSError:
-                pass
+                listening = False
             if time.monotonic() > next_state_check:
                 next_state_check = time.monotonic() + 1.0
                 status = await super().poll()  # type: ignore[misc]

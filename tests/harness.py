@@ -152,13 +152,14 @@ load_subconfig({str(REPO / "jupyterhub_config.py")!r})
 c.JupyterHub.bind_url = {self.url!r}
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
 c.ConfigurableHTTPProxy.auth_token = {self.token + "proxy"!r}
-c.JupyterHub.services = [{{"name": "test-admin", "api_token": {self.token!r}}}]
-c.JupyterHub.load_roles = [{{
+# appended: the project's own services (the idle culler) keep running in tests
+c.JupyterHub.services.append({{"name": "test-admin", "api_token": {self.token!r}}})
+c.JupyterHub.load_roles.append({{
     "name": "test-admin",
     "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "list:users",
                "read:users", "admin:groups"],
     "services": ["test-admin"],
-}}]
+}})
 c.GPUDockerSpawner.prefix = {self.prefix!r}
 c.JupyterHub.log_level = "DEBUG"
 {self.extra_config}

@@ -1,0 +1,305 @@
+"""results.json → results.md: the headline against the targets, then one table per section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = {
+    "single_ours_floor": 1.15,
+    "ten_p50_ours_floor": 1.2,
+    "idle_over_floor_mib": 10.0,
+    "forty_p95_over_single": 3.0,
+}
+
+
+def _f(value: Any, digits: int = 2, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def _met(value: float | None, limit: float) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if value <= limit else "**missed**"
+
+
+def headline(sections: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures the issue sets targets for, each with its target and whether it is met."""
+    rows: list[dict[str, Any]] = []
+    spawn = sections.get("spawn", {})
+    single_median = None
+    if spawn:
+        r = spawn["ratios"]
+        single_median = spawn["stats"]["ours"].get("median")
+        rows.append(
+            {
+                "figure": "single spawn, median ours / floor",
+                "value": r["ours/floor"],
+                "target": f"≤ {TARGETS['single_ours_floor']}",
+                "status": _met(r["ours/floor"], TARGETS["single_ours_floor"]),
+            }
+        )
+        rows.append(
+            {
+                "figure": "single spawn, median stock / floor",
+                "value": r["stock/floor"],
+                "target": "(reference: ~2.5 before)",
+                "status": "",
+            }
+        )
+        rows.append(
+            {
+                "figure": "single spawn, median ours / stock",
+                "value": r["ours/stock"],
+                "target": "",
+                "status": "",
+            }
+        )
+    conc = sections.get("concurrency", {})
+    if conc:
+        ten = conc["ratios"].get("ours@10 p50/floor p50")
+        rows.append(
+            {
+                "figure": "10 at once, p50 ours / floor",
+                "value": ten,
+                "target": f"≤ {TARGETS['ten_p50_ours_floor']}",
+                "status": _met(ten, TARGETS["ten_p50_ours_floor"]),
+            }
+        )
+        stock_ten = conc["ratios"].get("stock@10 p50/floor p50")
+        rows.append(
+            {
+                "figure": "10 at once, p50 stock / floor",
+                "value": stock_ten,
+                "target": "(reference: 12.8/7.9 = 1.6 before)",
+                "status": "",
+            }
+        )
+        big = max(conc["sizes"])
+        run = conc["runs"].get(f"ours@{big}")
+        if run:
+            rows.append(
+                {
+                    "figure": f"{big} at once (CPU), failures",
+                    "value": run["failures"],
+                    "target": "0",
+                    "status": "met" if run["failures"] == 0 else "**missed**",
+                }
+            )
+            p95 = run["stats"].get("p95")
+            rel = None if single_median is None or p95 is None else p95 / single_median
+            rows.append(
+                {
+                    "figure": f"{big} at once (CPU), p95 / single-spawn median",
+                    "value": rel,
+                    "target": f"≤ {TARGETS['forty_p95_over_single']}",
+                    "status": _met(rel, TARGETS["forty_p95_over_single"]),
+                }
+            )
+        gpu = conc["runs"].get(f"ours-gpu@{big}")
+        if gpu:
+            rows.append(
+                {
+                    "figure": f"{big} at once (1 GPU each), failures",
+                    "value": gpu["failures"],
+                    "target": "0",
+                    "status": "met" if gpu["failures"] == 0 else "**missed**",
+                }
+            )
+    foot = sections.get("footprint", {}).get("idle_memory", {})
+    if foot:
+        over = foot["ours"]["over_floor_mib"]
+        rows.append(
+            {
+                "figure": "idle server memory, ours - floor (MiB)",
+                "value": over,
+                "target": f"≤ {TARGETS['idle_over_floor_mib']:.0f}",
+                "status": _met(over, TARGETS["idle_over_floor_mib"]),
+            }
+        )
+    return rows
+
+
+def _stats_row(label: str, stats: dict[str, Any], extra: list[str]) -> str:
+    cells = (
+        [label]
+        + [_f(stats.get(k)) for k in ("median", "p95", "min", "max")]
+        + [str(stats.get("n", 0))]
+        + extra
+    )
+    return "| " + " | ".join(cells) + " |"
+
+
+def render(results: dict[str, Any]) -> str:
+    machine = results.get("machine", {})
+    sections = results.get("sections", {})
+    out = ["# Benchmark results", ""]
+    out.append(
+        f"`{results.get('command', 'python -m bench')}` — written {results.get('written', '?')}. "
+        "Every ratio compares contenders measured side by side in the same run "
+        "(sections may come from different runs: each has its own time stamp)."
+    )
+    out.append("")
+    out.append(
+        f"Machine: {machine.get('nproc')} CPUs ({machine.get('cpu_model', '?')}), "
+        f"{machine.get('memory_gib')} GiB, Docker engine {machine.get('engine')} "
+        f"(cgroup {machine.get('cgroup')}), JupyterHub {machine.get('jupyterhub')}, "
+        f"DockerSpawner {machine.get('dockerspawner')}, Python {machine.get('python')}, "
+        f"image {machine.get('notebook_image')}."
+    )
+    others = machine.get("other_containers_at_start")
+    if others:
+        out.append(f"Other containers running when the bench started: {', '.join(others)}.")
+    out += ["", "## Headline", "", "| figure | value | target | |", "|---|---|---|---|"]
+    for row in headline(sections):
+        out.append(f"| {row['figure']} | {_f(row['value'])} | {row['target']} | {row['status']} |")
+
+    spawn = sections.get("spawn")
+    if spawn:
+        out += ["", f"## 1. One spawn ({spawn['rounds']} rounds each) — {spawn['timestamp']}", ""]
+        out.append(
+            "Seconds from the REST spawn request to the server's answer through the proxy "
+            "(floor: `docker run` of `jupyter server` in the same image until it answers)."
+        )
+        out += [
+            "",
+            "| contender | median | p95 | min | max | n | failures |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for kind, stats in spawn["stats"].items():
+            out.append(_stats_row(kind, stats, [str(len(spawn["failures"][kind]))]))
+        out.append("")
+        out.append(
+            "Ratios of medians: " + ", ".join(f"{k} = {_f(v)}" for k, v in spawn["ratios"].items())
+        )
+
+    conc = sections.get("concurrency")
+    if conc:
+        out += ["", f"## 2. Spawns at once — {conc['timestamp']}", ""]
+        out.append(
+            "Time to ready of each server (s) when all are asked for at the same moment. "
+            "`ours-gpu`: the 1-GPU profile against a static inventory of 40 fake GPUs. "
+            "`ours-1thread`: our spawner with `docker_threads = 1` (stock's single thread)."
+        )
+        out += [
+            "",
+            "| contender | users | p50 | p95 | min | max | ok | failures | wall | load before |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key, run in conc["runs"].items():
+            kind = key.split("@")[0]
+            s = run["stats"]
+            out.append(
+                f"| {kind} | {run['n']} | {_f(s.get('median'))} | {_f(s.get('p95'))} | "
+                f"{_f(s.get('min'))} | {_f(s.get('max'))} | {s.get('n', 0)} | {run['failures']} | "
+                f"{_f(run['wall_s'], 1)} | {run['load_before'][0]} |"
+            )
+        out.append("")
+        out.append(
+            "p50 ratios to the floor at the same size: "
+            + ", ".join(f"{k.split(' ')[0]} = {_f(v)}" for k, v in conc["ratios"].items())
+        )
+
+    restart = sections.get("restart")
+    if restart:
+        out += [
+            "",
+            f"## 3. Hub restart with {restart['servers']} servers — {restart['timestamp']}",
+            "",
+        ]
+        out += ["| contender | hub answers (s) | all servers answer (s) |", "|---|---|---|"]
+        for kind in ("ours", "stock"):
+            r = restart.get(kind)
+            if r:
+                out.append(
+                    f"| {kind} | {_f(r['hub_answers_s'])} | {_f(r['all_servers_answer_s'])} |"
+                )
+        out.append("")
+        out.append(f"Ratio ours/stock: {_f(restart.get('ratio ours/stock'))}")
+
+    alloc = sections.get("alloc")
+    if alloc:
+        out += [
+            "",
+            f"## 4. Placement decision cost ({alloc['containers']} running containers)"
+            f" — {alloc['timestamp']}",
+            "",
+        ]
+        out += ["| GPUs | operation | median µs | p95 µs | min µs |", "|---|---|---|---|---|"]
+        for n, ops in alloc["sizes"].items():
+            for op, value in ops.items():
+                if isinstance(value, dict):
+                    t = value["per_call_us"]
+                    out.append(
+                        f"| {n} | {op} | {_f(t['median'], 1)} | {_f(t['p95'], 1)} "
+                        f"| {_f(t['min'], 1)} |"
+                    )
+
+    foot = sections.get("footprint")
+    if foot:
+        out += ["", f"## 5. Footprint — {foot['timestamp']}", ""]
+        idle = foot.get("idle_memory")
+        if idle:
+            out.append(
+                f"Idle notebook container ({idle['servers_per_kind']} each, median, after "
+                f"{idle['idle_wait_s']:.0f}s idle): cgroup usage less inactive cache (what "
+                "`docker stats` shows) and anonymous memory."
+            )
+            out += [
+                "",
+                "| contender | usage MiB | anon MiB | over floor MiB |",
+                "|---|---|---|---|",
+            ]
+            for kind in ("floor", "ours", "ours-lean-off", "stock"):
+                r = idle.get(kind)
+                if r:
+                    out.append(
+                        f"| {kind} | {_f(r['usage_mib'], 1)} | {_f(r['anon_mib'], 1)} | "
+                        f"{_f(r.get('over_floor_mib'), 1)} |"
+                    )
+        if conc:
+            big = max(conc["sizes"])
+            rows = []
+            for kind in ("ours", "stock", "ours-gpu"):
+                run = conc["runs"].get(f"{kind}@{big}", {})
+                fp = run.get("footprint") or {}
+                if fp.get("hub_and_proxy_rss_mib") is not None:
+                    idle_hub = conc.get("idle_hub_rss_mib", {}).get(kind.replace("-gpu", ""))
+                    rows.append(
+                        f"| {kind} | {fp['containers']} | {_f(idle_hub, 1)} | "
+                        f"{_f(fp['hub_and_proxy_rss_mib'], 1)} | "
+                        f"{_f(fp['container_usage_mib'].get('median'), 1)} |"
+                    )
+            if rows:
+                out += [
+                    "",
+                    f"Hub + proxy resident memory, idle and with {big} servers up "
+                    "(from section 2):",
+                    "",
+                    "| hub | servers | hub+proxy idle MiB | hub+proxy MiB "
+                    "| per container MiB (median) |",
+                    "|---|---|---|---|---|",
+                    *rows,
+                ]
+        sizes = foot.get("image_sizes")
+        if sizes:
+            out += ["", "| image | size MB |", "|---|---|"]
+            out += [f"| {name} | {_f(mb, 1)} |" for name, mb in sizes.items()]
+    builds = sections.get("builds")
+    if builds:
+        out += ["", f"## 5b. Image builds — {builds['timestamp']}", ""]
+        out += [
+            "| image | cold (s, --no-cache) | warm (s, cached) | build-images.sh up to date (s) |",
+            "|---|---|---|---|",
+        ]
+        for name, b in builds.items():
+            if isinstance(b, dict):
+                out.append(
+                    f"| {name} | {_f(b.get('cold_s'), 1)} | {_f(b.get('warm_s'), 1)} | "
+                    f"{_f(b.get('build_images_sh_up_to_date_s'), 1)} |"
+                )
+    out.append("")
+    return "\n".join(out)

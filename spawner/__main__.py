@@ -1,0 +1,33 @@
+"""``python -m spawner <command>``: operator commands of GPU workspaces.
+
+- ``doctor``: preflight checks (Docker, NVIDIA driver, GPUs, images, network, profiles).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+USAGE = """usage: python -m spawner doctor [-f jupyterhub_config.py] [--json]
+
+commands:
+  doctor   check Docker, the NVIDIA driver, the GPUs, images, network and profiles
+           the way the hub will use them; exits 1 when something needs fixing"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "doctor":
+        from .doctor import run
+
+        return run(rest)
+    print(f"python -m spawner: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Prometheus metrics of the GPU pool, served on the hub's own ``/hub/metrics``.
+
+Registered in prometheus_client's default registry, the one JupyterHub serves, and named the
+way JupyterHub names its own (``jupyterhub_`` prefix, ``_seconds`` for durations, ``_total``
+for counters):
+
+- ``jupyterhub_gpus_total``, ``jupyterhub_gpus_allocated``, ``jupyterhub_gpus_free``,
+  ``jupyterhub_gpus_external`` and ``jupyterhub_gpu_queue_length``: gauges read from the pool
+  at scrape time, so they are never stale;
+- ``jupyterhub_gpu_wait_duration_seconds{status}``: how long spawns waited for their GPUs;
+- ``jupyterhub_gpu_allocations_total{profile}``: GPU allocations, by profile;
+- ``jupyterhub_gpu_idle_reclaimed_total``: GPU servers stopped for being idle.
+
+No Docker import: the pools are handed in by :func:`register_pools`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .allocator import NotEnoughGPUs, QuotaExceeded
+from .pool import GPUPool, GPUWaitTimeout
+
+#: Buckets of the wait histogram: most spawns get their GPUs at once; a queue waits minutes.
+WAIT_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+
+GPU_WAIT_DURATION = Histogram(
+    "jupyterhub_gpu_wait_duration_seconds",
+    "Time a spawn waited for its GPUs (status: success, timeout, quota, cancelled, failure)",
+    ["status"],
+    buckets=WAIT_BUCKETS,
+)
+GPU_ALLOCATIONS = Counter(
+    "jupyterhub_gpu_allocations",
+    "GPU allocations (servers that got their GPUs), by workspace profile",
+    ["profile"],
+)
+GPU_IDLE_RECLAIMED = Counter(
+    "jupyterhub_gpu_idle_reclaimed",
+    "GPU servers stopped because they were idle (their GPUs went back to the pool)",
+)
+
+#: The profile label when a server runs without profiles (static ``gpu_count``).
+NO_PROFILE = "none"
+
+
+def wait_status(error: BaseException | None) -> str:
+    """The ``status`` label for a finished wait: how it ended."""
+    if error is None:
+        return "success"
+    if isinstance(error, GPUWaitTimeout | NotEnoughGPUs):
+        return "timeout"
+    if isinstance(error, QuotaExceeded):
+        return "quota"
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    return "failure"
+
+
+@contextlib.contextmanager
+def timed_gpu_wait(clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
+    """Observe how long the block (a spawn waiting for GPUs) took, labelled by how it ended."""
+    started = clock()
+    error: BaseException | None = None
+    try:
+        yield
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        GPU_WAIT_DURATION.labels(status=wait_status(error)).observe(clock() - started)
+
+
+def count_allocation(profile: str) -> None:
+    GPU_ALLOCATIONS.labels(profile=profile or NO_PROFILE).inc()
+
+
+def count_idle_reclaim() -> None:
+    GPU_IDLE_RECLAIMED.inc()
+
+
+class PoolCollector(Collector):
+    """Gauges of every pool of this hub, read when Prometheus scrapes."""
+
+    def __init__(self, pools: Callable[[], Iterable[GPUPool]]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        total = allocated = free = external = queued = 0
+        for pool in list(self._pools()):
+            view = pool.view()
+            total += len(view.gpus)
+            allocated += view.count("held")
+            free += view.count("free")
+            external += view.count("external")
+            queued += len(view.queue)
+        for name, doc, value in (
+            ("jupyterhub_gpus_total", "GPUs this hub hands out (its inventory)", total),
+            ("jupyterhub_gpus_allocated", "GPUs held by this hub's servers", allocated),
+            ("jupyterhub_gpus_free", "GPUs nobody holds, ready for the next spawn", free),
+            (
+                "jupyterhub_gpus_external",
+                "GPUs held by containers this hub did not start (e.g. docker run --gpus)",
+                external,
+            ),
+            ("jupyterhub_gpu_queue_length", "Spawns waiting for GPUs", queued),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+_registered: PoolCollector | None = None
+
+
+def register_pools(pools: Callable[[], Iterable[GPUPool]]) -> PoolCollector:
+    """Serve the gauges of ``pools()`` on /hub/metrics (once per process; later calls no-op)."""
+    global _registered
+    if _registered is None:
+        _registered = PoolCollector(pools)
+        REGISTRY.register(_registered)
+    return _registered
+
+
+__all__ = [
+    "GPU_ALLOCATIONS",
+    "GPU_IDLE_RECLAIMED",
+    "GPU_WAIT_DURATION",
+    "PoolCollector",
+    "count_allocation",
+    "count_idle_reclaim",
+    "register_pools",
+    "timed_gpu_wait",
+    "wait_status",
+]
