@@ -3,8 +3,8 @@
 Idle memory is the container's memory cgroup ``usage`` less inactive page cache (what
 ``docker stats`` shows) and its anonymous memory alone, sampled after the servers sat idle.
 Contenders, all the same image: the floor (plain ``jupyter server``), our spawner, stock
-DockerSpawner, and our spawner with ``GPUWS_LEAN_SINGLEUSER=0`` (the image's hub-import
-deferral off: how ``jupyterhub-singleuser`` behaves without it).
+DockerSpawner, and the floor and our spawner with ``GPUWS_LAZY_IMPORTS=0`` (the image's
+import deferral off: how the image behaved before it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import docker
 from .env import REPO, container_memory_mib, images, log, run_quiet, versions
 from .hubs import FLOOR, OURS, STOCK, BenchHub, Floor, contenders
 
-UNLEAN = "ours-lean-off"
+UNLEAN = "ours-lazy-off"
+FLOOR_UNLEAN = "floor-lazy-off"
+LAZY_OFF = {"GPUWS_LAZY_IMPORTS": "0"}
 IDLE_WAIT = 20.0  # seconds the servers sit idle before they are measured
 OPTIONS = {OURS: {"profile": "cpu"}, UNLEAN: {"profile": "cpu"}, STOCK: {}}
 
@@ -30,13 +32,15 @@ def idle_memory(client: docker.DockerClient, per_kind: int = 3) -> dict[str, Any
     with contenders(client, OURS, STOCK, FLOOR) as things:
         log(f"starting the {UNLEAN} hub")
         things[UNLEAN] = BenchHub(
-            UNLEAN, extra_config='c.GPUDockerSpawner.environment = {"GPUWS_LEAN_SINGLEUSER": "0"}\n'
+            UNLEAN, extra_config=f"c.GPUDockerSpawner.environment = {LAZY_OFF!r}\n"
         ).start()
+        things[FLOOR_UNLEAN] = Floor(images()["cpu"], extra_env=LAZY_OFF)
         try:
             ids: dict[str, list[str]] = {}
-            floor: Floor = things[FLOOR]
-            floor.start_many(client, names)
-            ids[FLOOR] = floor.container_ids(client)
+            for kind in (FLOOR, FLOOR_UNLEAN):
+                floor: Floor = things[kind]
+                floor.start_many(client, names)
+                ids[kind] = floor.container_ids(client)
             for kind in (OURS, UNLEAN, STOCK):
                 hub: BenchHub = things[kind]
                 outcomes = hub.spawn_many(names, OPTIONS[kind])
@@ -51,14 +55,12 @@ def idle_memory(client: docker.DockerClient, per_kind: int = 3) -> dict[str, Any
                     "containers": len(samples),
                 }
             floor_usage = result[FLOOR]["usage_mib"]
-            for kind in (OURS, UNLEAN, STOCK):
+            for kind in (OURS, UNLEAN, STOCK, FLOOR_UNLEAN):
                 result[kind]["over_floor_mib"] = round(result[kind]["usage_mib"] - floor_usage, 1)
-            log(
-                "idle MiB: "
-                + ", ".join(f"{k} {result[k]['usage_mib']}" for k in (FLOOR, OURS, UNLEAN, STOCK))
-            )
+            log("idle MiB: " + ", ".join(f"{k} {result[k]['usage_mib']}" for k in ids))
         finally:
             things[UNLEAN].stop(client)
+            things[FLOOR_UNLEAN].cleanup(client)
     return result
 
 

@@ -253,7 +253,7 @@ def render(results: dict[str, Any]) -> str:
                 "| contender | usage MiB | anon MiB | over floor MiB |",
                 "|---|---|---|---|",
             ]
-            for kind in ("floor", "ours", "ours-lean-off", "stock"):
+            for kind in ("floor", "floor-lazy-off", "ours", "ours-lazy-off", "stock"):
                 r = idle.get(kind)
                 if r:
                     out.append(

@@ -382,7 +382,8 @@ class Swarm:
         for index, client in self.clients.items():
             deadline = time.monotonic() + 60
             label = f"io.gpu-workspaces.prefix={prefix}"
-            while client.containers.list(all=True, filters={"label": label}):
+            # the low-level list: no inspect of containers that vanish meanwhile
+            while client.api.containers(all=True, filters={"label": label}):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"containers of {prefix} still on node {index}")
                 time.sleep(0.3)
@@ -569,8 +570,9 @@ def stop(swarm: Swarm) -> None:
                 service.remove()
     for client in swarm.clients.values():
         with contextlib.suppress(docker.errors.APIError):
-            for container in client.containers.list(all=True):
-                container.remove(force=True)
+            for container in client.api.containers(all=True):
+                with contextlib.suppress(docker.errors.APIError):
+                    client.api.remove_container(container["Id"], force=True)
     swarm.close()
     stop_processes(swarm.processes)
     ARTIFACTS.mkdir(exist_ok=True)

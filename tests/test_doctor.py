@@ -191,13 +191,18 @@ def test_doctor_reports_an_image_built_for_another_jupyterhub(
 
 @pytest.fixture
 def engine_without_nvidia(notebook_images: dict[str, str]) -> Iterator[str]:
-    """A throwaway dockerd on its own socket and folders, with no NVIDIA hook on its PATH."""
-    if shutil.which("dockerd") is None:
-        pytest.skip("dockerd is not installed")
+    """A throwaway dockerd on its own socket and folders, with no NVIDIA hook on its PATH.
+
+    It runs in a network namespace of its own: a dockerd started with --bridge=none deletes
+    the host's docker0, which the shared engine's default network needs.
+    """
+    if shutil.which("dockerd") is None or shutil.which("unshare") is None:
+        pytest.fail("dockerd and unshare (util-linux) are needed; run scripts/install-docker.sh")
     root = Path(tempfile.mkdtemp(prefix="gpuws-doctor-"))
     socket = f"unix://{root}/docker.sock"
     log = (root / "dockerd.log").open("wb")
-    command = ["dockerd", "--host", socket, "--bridge=none", "--iptables=false"]
+    command = ["unshare", "--net", "--", "dockerd", "--host", socket, "--bridge=none"]
+    command += ["--iptables=false"]
     command += ["--ip-masq=false", "--pidfile", str(root / "docker.pid")]
     command += ["--data-root", str(root / "data"), "--exec-root", str(root / "exec")]
     process = subprocess.Popen(

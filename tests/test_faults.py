@@ -258,9 +258,12 @@ def test_docker_daemon_restart_under_a_running_hub(start_hub, docker_client) -> 
     wait_for(settled, timeout=90, interval=1)
     after = {k: (c.id, _gpus(docker_client, c)) for k, c in _containers(hub, docker_client).items()}
     back = {user for user in plan if hub.server_model(user)}
-    for user in back:
-        assert after[(user, "")] == before[(user, "")]
-        assert _answers(hub, user, tokens[user])
+    # lost: listed as running but not answering, or a different container / other GPUs
+    lost = [
+        user
+        for user in back
+        if after.get((user, "")) != before[(user, "")] or not _answers(hub, user, tokens[user])
+    ]
     held = sum(len(gpus) for _, gpus in after.values())
     form = _free_gpus_on_form(hub, browser, "dr-viewer")
     free_shown = f"{2 - held} of 2 GPUs free"
@@ -272,7 +275,7 @@ def test_docker_daemon_restart_under_a_running_hub(start_hub, docker_client) -> 
         "servers": len(plan),
         "came_back": len(back),
         "marked_stopped": len(plan) - len(back),
-        "servers_lost": 0,  # asserted below: each either came back or was marked stopped
+        "servers_lost": len(lost),
         "kept_while_docker_was_down": len(kept_during_outage),
         "pages_during_outage": pages,
         "spawn_during_outage": during.status_code,
@@ -281,6 +284,7 @@ def test_docker_daemon_restart_under_a_running_hub(start_hub, docker_client) -> 
         "outage_seconds": round(outage_seconds, 1),
     }
     record_figures(FIGURES, "docker_daemon_restart", figures)
+    assert not lost
     assert pages == {"health": 200, "home": 200, "spawn_form": 200, "api_users": 200}
     assert during.status_code == 503, during.text
     assert "Docker engine" in during.json()["message"]

@@ -353,6 +353,8 @@ c.JupyterHub.allow_named_servers = True
 c.GPUSwarmSpawner.image = {image!r}
 c.GPUSwarmSpawner.gpu_image = {image!r}
 c.GPUSwarmSpawner.profiles = {PROFILES!r}
+# JupyterLab starts in seconds, but this machine is shared and at times heavily loaded.
+c.GPUSwarmSpawner.http_timeout = 120
 {extra_config}
 """
         hub = Hub(
