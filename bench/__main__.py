@@ -37,7 +37,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Callable[[docker.DockerClient],
         "alloc": lambda c: alloc.bench_allocation(repeat=3 if quick else 7),
         "spawn": lambda c: spawn.single(c, rounds),
         "concurrency": lambda c: spawn.concurrency(
-            c, sizes, one_thread_at=() if quick else (max(sizes),)
+            c, sizes, variants_at=() if quick else (max(sizes),)
         ),
         "restart": lambda c: restart.hub_restart(c, servers=10 if quick else 20),
         "footprint": lambda c: {

@@ -34,9 +34,13 @@ OURS = "ours"
 STOCK = "stock"
 FLOOR = "floor"  # plain `jupyter server`
 FLOOR_SU = "floor-singleuser"  # the image's own command, jupyterhub-singleuser
-# Our spawner with stock's single Docker thread: does the thread pool matter?
-OURS_1THREAD = "ours-1thread"
-ONE_THREAD_CONFIG = "c.GPUDockerSpawner.docker_threads = 1\n"
+# Variants of our spawner, to see what each setting is worth:
+OURS_1THREAD = "ours-1thread"  # stock's single Docker thread
+OURS_ALL_AT_ONCE = "ours-all-at-once"  # no start_concurrency limit (as before it existed)
+VARIANT_CONFIG = {
+    OURS_1THREAD: "c.GPUDockerSpawner.docker_threads = 1\n",
+    OURS_ALL_AT_ONCE: "c.GPUDockerSpawner.start_concurrency = 0\n",
+}
 
 # Settings both hubs share: quiet logs (DEBUG costs the hub CPU), same timeouts.
 COMMON_CONFIG = """
@@ -419,7 +423,7 @@ def contenders(
                 made[kind] = Floor(images()["cpu"], mode=SINGLEUSER, stub=stub)
             else:
                 log(f"starting the {kind} hub")
-                extra = ONE_THREAD_CONFIG if kind == OURS_1THREAD else ""
+                extra = VARIANT_CONFIG.get(kind, "")
                 made[kind] = BenchHub(kind, gpus=gpus, extra_config=extra).start()
         yield made
     finally:

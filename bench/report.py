@@ -182,7 +182,9 @@ def render(results: dict[str, Any]) -> str:
         out.append(
             "Time to ready of each server (s) when all are asked for at the same moment. "
             "`ours-gpu`: the 1-GPU profile against a static inventory of 40 fake GPUs. "
-            "`ours-1thread`: our spawner with `docker_threads = 1` (stock's single thread)."
+            "`ours-1thread`: our spawner with `docker_threads = 1` (stock's single thread); "
+            "`ours-all-at-once`: our spawner with `start_concurrency = 0` (every server starts "
+            "at once, as the floors do). Floors: `docker run` of every container at once."
         )
         out += [
             "",

@@ -2,9 +2,10 @@
 
 1. ``spawn``: one user, ``rounds`` times (after one unmeasured warm-up each), contenders
    interleaved round by round so that drifting load hits all of them alike.
-2. ``concurrency``: 10, 20 and 40 users at once, for the floor, our spawner with the CPU and
-   the 1-GPU profile (static inventory of fake GPUs), stock DockerSpawner, and our spawner
-   with one Docker thread (stock's setting) to see whether threads matter.
+2. ``concurrency``: 10, 20 and 40 users at once, for the floors, our spawner with the CPU and
+   the 1-GPU profile (static inventory of fake GPUs) and stock DockerSpawner; at the largest
+   size also our spawner with one Docker thread (stock's setting) and with every server
+   started at once (``start_concurrency = 0``), to see what each is worth.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .hubs import (
     FLOOR_SU,
     OURS,
     OURS_1THREAD,
+    OURS_ALL_AT_ONCE,
     STOCK,
     BenchHub,
     Floor,
@@ -40,6 +42,7 @@ OPTIONS = {
     OURS: {"profile": "cpu"},
     OURS_GPU: {"profile": "gpu-1"},
     OURS_1THREAD: {"profile": "cpu"},
+    OURS_ALL_AT_ONCE: {"profile": "cpu"},
 }
 SETTLE = 2.0  # seconds of quiet between runs (container removal finishes in the background)
 
@@ -125,19 +128,22 @@ def _footprint(client: docker.DockerClient, things: dict[str, Any], kind: str) -
     }
 
 
+VARIANTS = (OURS_ALL_AT_ONCE, OURS_1THREAD)
+
+
 def concurrency(
-    client: docker.DockerClient, sizes: Sequence[int], one_thread_at: Sequence[int] = ()
+    client: docker.DockerClient, sizes: Sequence[int], variants_at: Sequence[int] = ()
 ) -> dict[str, Any]:
     """``n`` users at once for each size: time to ready of each, failures, footprint."""
-    hubs = [OURS, STOCK] + ([OURS_1THREAD] if one_thread_at else [])
+    hubs = [OURS, STOCK] + (list(VARIANTS) if variants_at else [])
     runs: dict[str, dict[str, Any]] = {}
     with contenders(client, *hubs, FLOOR_SU, FLOOR) as things:
         idle_hub = {k: process_tree_rss_mib(things[k].hub_pid()) for k in hubs if k in things}
         for n in sizes:
             names = [f"u{n}x{i:02d}" for i in range(n)]
             kinds = [FLOOR_SU, FLOOR, OURS, STOCK, OURS_GPU]
-            if n in one_thread_at:
-                kinds.append(OURS_1THREAD)
+            if n in variants_at:
+                kinds += VARIANTS
             for kind in kinds:
                 load = load_average()
                 started = time.perf_counter()
@@ -170,7 +176,7 @@ def concurrency(
     for n in sizes:
         for floor_kind in (FLOOR_SU, FLOOR):
             floor = runs[f"{floor_kind}@{n}"]["stats"].get("median")
-            for kind in (OURS, STOCK, OURS_GPU, OURS_1THREAD):
+            for kind in (OURS, STOCK, OURS_GPU, *VARIANTS):
                 key = f"{kind}@{n}"
                 if key in runs:
                     ratios[f"{key} p50/{floor_kind} p50"] = ratio(

@@ -504,13 +504,14 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
             self.gpu_ids = await self._claim_gpus()
             if self.gpu_ids:
                 self._report(f"Assigned GPU {', '.join(self.gpu_ids)}", progress=30)
-            self._report("Creating the container", progress=40)
-            ip_port = await super().start()
-            if self.gpu_ids:
-                (await self.gpu_pool()).mark_running(self.gpu_holder)
-            self._report("Starting the notebook server", progress=70)
-            if self.wait_until_ready:
-                await self._wait_until_answering(*ip_port)
+            async with self.start_slot():  # CPU-bound start-ups go in turns (start_concurrency)
+                self._report("Creating the container", progress=40)
+                ip_port = await super().start()
+                if self.gpu_ids:
+                    (await self.gpu_pool()).mark_running(self.gpu_holder)
+                self._report("Starting the notebook server", progress=70)
+                if self.wait_until_ready:
+                    await self._wait_until_answering(*ip_port)
             self._report("Server is up", progress=95)
             reclaimer(self.config).track(self)  # idle reclaim, busy kernels kept
             return ip_port  # type: ignore[no-any-return]

@@ -249,7 +249,9 @@ class GPUPool:
                 # Taken before the attempt: a release during the attempt sets this very event,
                 # so the wait below returns at once instead of missing the wake-up.
                 changed = self._changed
-                if self._queue[0] is ticket:
+                # A fail-fast request (timeout 0) never queues, so it need not wait its turn
+                # behind requests still being placed; it just tries under the lock.
+                if self._queue[0] is ticket or timeout <= 0:
                     async with self._lock:
                         external = await self._external_busy()
                         if quota is not None:

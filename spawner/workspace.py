@@ -13,6 +13,8 @@ State it adds to the hub database: ``profile`` (the slug the server was started 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -301,6 +303,46 @@ class WorkspaceMixin(LoggingConfigurable):
                 self.docker_threads, thread_name_prefix="gpuws-docker"
             )
         return cls._pool_executor
+
+    start_concurrency = Int(
+        None,
+        allow_none=True,
+        min=0,
+        config=True,
+        help="""Most servers that start at once (from creating the container until it
+        answers); further spawns wait their turn, and the progress page says so. Starting a
+        notebook server is CPU-bound (~1 s of CPU): started all at once, N servers share the
+        CPUs and all finish late; in turns of about one per CPU the first are up in seconds
+        and the last no later. Unset: the number of CPUs of the hub's host. 0: no limit.""",
+    )
+
+    # the hub's start slots: (event loop, limit) -> semaphore, and how many hold or wait
+    _start_slots: ClassVar[dict[tuple[int, int], asyncio.Semaphore]] = {}
+    _starting: ClassVar[int] = 0
+
+    @contextlib.asynccontextmanager
+    async def start_slot(self) -> AsyncIterator[None]:
+        """Hold one of the hub's ``start_concurrency`` slots while the server starts."""
+        limit = self.start_concurrency
+        if limit is None:
+            limit = os.cpu_count() or 1
+        if not limit:
+            yield
+            return
+        cls = WorkspaceMixin
+        key = (id(asyncio.get_running_loop()), limit)
+        slots = cls._start_slots.setdefault(key, asyncio.Semaphore(limit))
+        if slots.locked():
+            waiting = max(cls._starting - limit, 0)
+            self._report(
+                f"Waiting to start: {limit} servers are starting now, {waiting} more before yours"
+            )
+        cls._starting += 1
+        try:
+            async with slots:
+                yield
+        finally:
+            cls._starting -= 1
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -134,7 +134,9 @@ def test_idle_gpu_server_is_reclaimed_and_its_gpu_goes_to_the_waiting_user(
             "GPUWS_GPU_IDLE_TIMEOUT": "6",
             "GPUWS_IDLE_TIMEOUT": "3600",
             "GPUWS_IDLE_CHECK_INTERVAL": "1",
-        }
+        },
+        # answer the spawn request at once (202), so the progress page shows every phase
+        extra_config='c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n',
     )
     hub.spawn("ann", {"profile": "gpu-1"})
     ann = server_container(hub, docker_client, "ann")
