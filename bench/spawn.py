@@ -67,10 +67,13 @@ def _stop(
     time.sleep(SETTLE)
 
 
+PAIRS = ((OURS, FLOOR_SU), (STOCK, FLOOR_SU), (OURS, FLOOR), (STOCK, FLOOR), (OURS, STOCK))
+
+
 def single(client: docker.DockerClient, rounds: int) -> dict[str, Any]:
     """One user's spawn, ``rounds`` times per contender."""
     kinds = [OURS, STOCK, FLOOR_SU, FLOOR]
-    times: dict[str, list[float]] = {k: [] for k in kinds}
+    per_round: list[dict[str, float]] = []
     hub_cpu: dict[str, list[float]] = {OURS: [], STOCK: []}
     failures: dict[str, list[str]] = {k: [] for k in kinds}
     name = "solo"
@@ -80,34 +83,38 @@ def single(client: docker.DockerClient, rounds: int) -> dict[str, Any]:
             _stop(client, things, kind, [name])
         for r in range(rounds):
             order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
+            this_round: dict[str, float] = {}
             for kind in order:
                 (outcome,) = _start(client, things, kind, [name])
                 if outcome.seconds is not None:
-                    times[kind].append(outcome.seconds)
-                if outcome.hub_cpu_s is not None:
-                    hub_cpu[kind].append(outcome.hub_cpu_s)
+                    this_round[kind] = outcome.seconds
                 else:
                     failures[kind].append(outcome.error or "?")
+                if outcome.hub_cpu_s is not None:
+                    hub_cpu[kind].append(outcome.hub_cpu_s)
                 _stop(client, things, kind, [name])
+            per_round.append(this_round)
             log(
                 f"round {r + 1}/{rounds}: "
-                + ", ".join(f"{k} {times[k][-1]:.2f}s" for k in kinds if times[k])
+                + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(this_round.items()))
             )
+    times = {k: [r[k] for r in per_round if k in r] for k in kinds}
     stats = {k: summarize(v) for k, v in times.items()}
     med = {k: stats[k].get("median") for k in kinds}
+    paired = {
+        f"{a}/{b}": summarize([r[a] / r[b] for r in per_round if a in r and b in r]).get("median")
+        for a, b in PAIRS
+    }
     return {
         "rounds": rounds,
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "stats": stats,
         "hub_cpu_s_per_spawn": {k: summarize(v).get("median") for k, v in hub_cpu.items()},
         "failures": failures,
-        "ratios": {
-            "ours/floor-singleuser": ratio(med[OURS], med[FLOOR_SU]),
-            "stock/floor-singleuser": ratio(med[STOCK], med[FLOOR_SU]),
-            "ours/floor": ratio(med[OURS], med[FLOOR]),
-            "stock/floor": ratio(med[STOCK], med[FLOOR]),
-            "ours/stock": ratio(med[OURS], med[STOCK]),
-        },
+        # ratio of the medians, and the median of each round's ratio (contenders run
+        # back to back within a round, so drifting load cancels out better)
+        "ratios": {f"{a}/{b}": ratio(med[a], med[b]) for a, b in PAIRS},
+        "paired_ratios": paired,
     }
 
 
