@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(json_path.read_text())
     results.setdefault("sections", {})
     results["machine"] = machine_info(client)
-    results["command"] = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    results["command"] = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
     plan = _plan(args)
     started = time.perf_counter()
     try:

@@ -176,6 +176,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def container_cpu_seconds(client: docker.DockerClient, container_id: str) -> float | None:
+    """CPU time (user + system) all of a container's processes have used so far."""
+    stats = client.api.stats(container_id, stream=False, one_shot=True)
+    total = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+    return None if total is None else total / 1e9
+
+
 def container_memory_mib(client: docker.DockerClient, container_id: str) -> dict[str, float]:
     """A container's memory as its cgroup counts it.
 

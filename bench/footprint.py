@@ -17,11 +17,10 @@ from typing import Any
 import docker
 
 from .env import REPO, container_memory_mib, images, log, run_quiet, versions
-from .hubs import FLOOR, OURS, STOCK, BenchHub, Floor, contenders
+from .hubs import FLOOR, FLOOR_LAZY_OFF, LAZY_OFF, OURS, STOCK, BenchHub, Floor, contenders
 
 UNLEAN = "ours-lazy-off"
-FLOOR_UNLEAN = "floor-lazy-off"
-LAZY_OFF = {"GPUWS_LAZY_IMPORTS": "0"}
+FLOOR_UNLEAN = FLOOR_LAZY_OFF
 IDLE_WAIT = 20.0  # seconds the servers sit idle before they are measured
 OPTIONS = {OURS: {"profile": "cpu"}, UNLEAN: {"profile": "cpu"}, STOCK: {}}
 

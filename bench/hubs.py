@@ -28,12 +28,23 @@ import requests
 from harness import Hub
 from jupyterhub import __version__ as jupyterhub_version
 
-from .env import BENCH_LABEL, BENCH_NETWORK, POLL_INTERVAL, answers, cpu_seconds, images, log
+from .env import (
+    BENCH_LABEL,
+    BENCH_NETWORK,
+    POLL_INTERVAL,
+    answers,
+    container_cpu_seconds,
+    cpu_seconds,
+    images,
+    log,
+)
 
 OURS = "ours"
 STOCK = "stock"
 FLOOR = "floor"  # plain `jupyter server`
 FLOOR_SU = "floor-singleuser"  # the image's own command, jupyterhub-singleuser
+FLOOR_LAZY_OFF = "floor-lazy-off"  # plain `jupyter server`, the image's lazy imports off
+LAZY_OFF = {"GPUWS_LAZY_IMPORTS": "0"}
 # Variants of our spawner, to see what each setting is worth:
 OURS_1THREAD = "ours-1thread"  # stock's single Docker thread
 OURS_ALL_AT_ONCE = "ours-all-at-once"  # no start_concurrency limit (as before it existed)
@@ -86,6 +97,8 @@ class Outcome:
     error: str | None = None
     # CPU seconds the hub process spent during the whole batch this spawn was part of
     hub_cpu_s: float | None = None
+    # CPU seconds the server's container used from its start until it answered (floors)
+    server_cpu_s: float | None = None
 
 
 @dataclass
@@ -376,7 +389,9 @@ class Floor:
         session = requests.Session()
         while time.perf_counter() - started < timeout:
             if answers(url, session):
-                return Outcome(name, seconds=time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                cpu = container_cpu_seconds(client, created["Id"])
+                return Outcome(name, seconds=seconds, server_cpu_s=cpu)
             time.sleep(POLL_INTERVAL)
         return Outcome(name, error=f"not ready in {timeout:.0f}s")
 
@@ -418,6 +433,8 @@ def contenders(
         for kind in kinds:
             if kind == FLOOR:
                 made[kind] = Floor(images()["cpu"])
+            elif kind == FLOOR_LAZY_OFF:
+                made[kind] = Floor(images()["cpu"], extra_env=LAZY_OFF)
             elif kind == FLOOR_SU:
                 stub = StubHubAPI(client)
                 made[kind] = Floor(images()["cpu"], mode=SINGLEUSER, stub=stub)

@@ -26,6 +26,7 @@ from .env import (
 )
 from .hubs import (
     FLOOR,
+    FLOOR_LAZY_OFF,
     FLOOR_SU,
     OURS,
     OURS_1THREAD,
@@ -50,7 +51,7 @@ SETTLE = 2.0  # seconds of quiet between runs (container removal finishes in the
 def _start(
     client: docker.DockerClient, things: dict[str, Any], kind: str, names: Sequence[str]
 ) -> list[Outcome]:
-    if kind in (FLOOR, FLOOR_SU):
+    if kind in (FLOOR, FLOOR_SU, FLOOR_LAZY_OFF):
         floor: Floor = things[kind]
         return floor.start_many(client, names)
     hub: BenchHub = things[OURS if kind == OURS_GPU else kind]
@@ -60,24 +61,32 @@ def _start(
 def _stop(
     client: docker.DockerClient, things: dict[str, Any], kind: str, names: Sequence[str]
 ) -> None:
-    if kind in (FLOOR, FLOOR_SU):
+    if kind in (FLOOR, FLOOR_SU, FLOOR_LAZY_OFF):
         things[kind].stop_many(client, names)
     else:
         things[OURS if kind == OURS_GPU else kind].stop_many(names)
-    time.sleep(SETTLE)
+    time.sleep(SETTLE + 0.1 * len(names))
 
 
-PAIRS = ((OURS, FLOOR_SU), (STOCK, FLOOR_SU), (OURS, FLOOR), (STOCK, FLOOR), (OURS, STOCK))
+PAIRS = (
+    (OURS, FLOOR_SU),
+    (STOCK, FLOOR_SU),
+    (OURS, FLOOR),
+    (STOCK, FLOOR),
+    (OURS, STOCK),
+    (FLOOR_LAZY_OFF, FLOOR),  # what the image's lazy imports save at every server start
+)
 
 
 def single(client: docker.DockerClient, rounds: int) -> dict[str, Any]:
     """One user's spawn, ``rounds`` times per contender."""
-    kinds = [OURS, STOCK, FLOOR_SU, FLOOR]
+    kinds = [OURS, STOCK, FLOOR_SU, FLOOR, FLOOR_LAZY_OFF]
     per_round: list[dict[str, float]] = []
     hub_cpu: dict[str, list[float]] = {OURS: [], STOCK: []}
+    server_cpu: dict[str, list[float]] = {FLOOR_SU: [], FLOOR: [], FLOOR_LAZY_OFF: []}
     failures: dict[str, list[str]] = {k: [] for k in kinds}
     name = "solo"
-    with contenders(client, OURS, STOCK, FLOOR_SU, FLOOR) as things:
+    with contenders(client, *kinds) as things:
         for kind in kinds:  # warm-up: volumes, page cache, the hubs' first-spawn work
             _start(client, things, kind, [name])
             _stop(client, things, kind, [name])
@@ -92,6 +101,8 @@ def single(client: docker.DockerClient, rounds: int) -> dict[str, Any]:
                     failures[kind].append(outcome.error or "?")
                 if outcome.hub_cpu_s is not None:
                     hub_cpu[kind].append(outcome.hub_cpu_s)
+                if outcome.server_cpu_s is not None:
+                    server_cpu[kind].append(outcome.server_cpu_s)
                 _stop(client, things, kind, [name])
             per_round.append(this_round)
             log(
@@ -110,6 +121,8 @@ def single(client: docker.DockerClient, rounds: int) -> dict[str, Any]:
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "stats": stats,
         "hub_cpu_s_per_spawn": {k: summarize(v).get("median") for k, v in hub_cpu.items()},
+        # CPU a server itself burns from start to first answer: what bounds many at once
+        "server_cpu_s_per_start": {k: summarize(v).get("median") for k, v in server_cpu.items()},
         "failures": failures,
         # ratio of the medians, and the median of each round's ratio (contenders run
         # back to back within a round, so drifting load cancels out better)
@@ -146,9 +159,11 @@ def concurrency(
     runs: dict[str, dict[str, Any]] = {}
     with contenders(client, *hubs, FLOOR_SU, FLOOR) as things:
         idle_hub = {k: process_tree_rss_mib(things[k].hub_pid()) for k in hubs if k in things}
-        for n in sizes:
+        for index, n in enumerate(sizes):
             names = [f"u{n}x{i:02d}" for i in range(n)]
-            kinds = [FLOOR_SU, FLOOR, OURS, STOCK, OURS_GPU]
+            # a different order at each size, so no contender always follows the same one
+            base = [FLOOR_SU, FLOOR, OURS, STOCK, OURS_GPU]
+            kinds = base[index % len(base) :] + base[: index % len(base)]
             if n in variants_at:
                 kinds += VARIANTS
             for kind in kinds:
