@@ -100,7 +100,7 @@ def _build_command(client: docker.DockerClient, name: str, tag: str, cold: bool)
     image_key, arg_names = BUILD_ARGS[name]
     labels = client.images.get(v[image_key]).attrs["Config"].get("Labels") or {}
     base = labels.get("org.opencontainers.image.base.name") or v["BASE_LOCAL_IMAGE"]
-    context = REPO if name == "hub" else REPO / "images" / name
+    context = REPO if name == "hub" else REPO / "images"  # the notebook images share images/
     cmd = ["docker", "build", "--network", "host", "-q", "-t", tag]
     cmd += ["-f", str(REPO / "images" / name / "Dockerfile"), "--build-arg", f"BASE_IMAGE={base}"]
     for arg in arg_names:

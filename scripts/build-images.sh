@@ -189,11 +189,11 @@ build_one() { # short-name
     case "$name" in
         notebook-cpu)
             image="$NOTEBOOK_CPU_IMAGE"; public="$CPU_PUBLIC_BASE"
-            dir=images/notebook-cpu; context="$GPUWS_ROOT/$dir"; inputs=("$dir")
+            dir=images/notebook-cpu; context="$GPUWS_ROOT/images"; inputs=("$dir" images/notebook-common)
             args=(JUPYTERHUB_VERSION JUPYTERLAB_VERSION) ;;
         notebook-cuda)
             image="$NOTEBOOK_CUDA_IMAGE"; public="$CUDA_PUBLIC_BASE"
-            dir=images/notebook-cuda; context="$GPUWS_ROOT/$dir"; inputs=("$dir")
+            dir=images/notebook-cuda; context="$GPUWS_ROOT/images"; inputs=("$dir" images/notebook-common)
             args=(JUPYTERHUB_VERSION JUPYTERLAB_VERSION) ;;
         hub)
             image="$HUB_IMAGE"; public="$CPU_PUBLIC_BASE"

@@ -21,6 +21,7 @@ from typing import Any
 from traitlets import TraitError
 from traitlets.config import Config
 
+from .hardening import host_path_problem
 from .inventory import InventoryError, discover_nvml, parse_static_inventory
 from .profiles import ProfileError, default_profiles_for, load_profiles_file, parse_profiles
 from .sizes import SizeError, parse_size
@@ -129,12 +130,6 @@ def profiles_from_env(name: str = "GPUWS_PROFILES_FILE", *, inventory: Any = "")
     return raw
 
 
-# Host paths a shared-data mount may not expose, even read-only: a read-only bind of the
-# Docker socket still lets the container drive the engine, and these hold the host's devices,
-# kernel interfaces and the engine's own files.
-_FORBIDDEN_HOST_PATHS = ("/proc", "/sys", "/dev", "/run", "/var/run", "/var/lib/docker", "/etc")
-
-
 def _clean_absolute(path: str, *, name: str, entry: str, side: str) -> str:
     """``path`` if it is an absolute, already normal POSIX path, else a ConfigError."""
     if not path.startswith("/"):
@@ -180,10 +175,11 @@ def shared_data_from_env(
             )
         host = _clean_absolute(parts[0], name=name, entry=entry, side="host")
         target = _clean_absolute(parts[1], name=name, entry=entry, side="container")
-        if host == "/" or any(_inside(host, bad) for bad in _FORBIDDEN_HOST_PATHS):
+        # Even read-only: a read-only bind of the Docker socket still drives the engine.
+        if problem := host_path_problem(host):
             raise ConfigError(
-                f"{name}: {entry!r}: {host!r} is not a data folder; the host's root, devices, "
-                f"kernel interfaces, /etc, /run and Docker's files may not be shared"
+                f"{name}: {entry!r}: {host!r} is not a data folder: it {problem}; the host's "
+                "root, devices, kernel interfaces, /etc, /run and Docker's files may not be shared"
             )
         if target == "/" or _inside(home, target):
             raise ConfigError(

@@ -18,7 +18,7 @@ Nothing changes for code that does use these modules: it gets the real ones, onl
 ``.pth`` file calls :func:`install` in processes started as ``jupyter*`` (kernels and other
 Python processes never import this module); ``GPUWS_LAZY_IMPORTS=0`` turns it off.
 
-Kept identical in images/notebook-cpu and images/notebook-cuda (each is a build context).
+Shared by both notebook images (images/notebook-common, installed by install-lazy-imports.sh).
 """
 
 from __future__ import annotations
