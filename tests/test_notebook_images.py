@@ -15,7 +15,7 @@ HEAVY = ("sqlalchemy", "alembic", "rfc3987_syntax", "jupyterhub.orm")
 
 # Run as a script whose name is the program's, so the image's .pth hook sees a real argv[0].
 PROBE = f"""
-import json, sys
+import json, os, sys
 
 def real(name):
     module = sys.modules.get(name)
@@ -26,6 +26,7 @@ import jupyter_server.serverapp
 if sys.argv[0].endswith("jupyterhub-singleuser"):
     import jupyterhub.singleuser
 at_start = {{name: real(name) for name in {HEAVY!r}}}
+exec(os.environ.get("FIRST_USE", ""))
 from jupyterhub.orm import User
 checker = jsonschema.Draft7Validator({{"format": "iri"}}, format_checker=jsonschema.FormatChecker())
 print(json.dumps({{
@@ -42,28 +43,46 @@ def _probe(
     client: docker.DockerClient, image: str, program: str, env: dict[str, str] | None = None
 ) -> dict:
     script = f"/tmp/probe/{program}"
-    command = f"mkdir -p /tmp/probe && cat > {script} && exec python {script}"
-    container = client.containers.create(
-        image, ["sh", "-c", command], entrypoint=[], environment=env or {}, stdin_open=True
+    command = f'mkdir -p /tmp/probe && printf %s "$PROBE" > {script} && exec python {script}'
+    output = client.containers.run(
+        image,
+        ["sh", "-c", command],
+        entrypoint=[],
+        environment={"PROBE": PROBE, **(env or {})},
+        remove=True,
+        stderr=True,
     )
-    try:
-        socket = container.attach_socket(params={"stdin": 1, "stream": 1})
-        container.start()
-        socket._sock.sendall(PROBE.encode())
-        socket._sock.close()
-        status = container.wait(timeout=120)
-        output = container.logs(stdout=True, stderr=True).decode()
-        assert status["StatusCode"] == 0, output
-        return json.loads(output.strip().splitlines()[-1])
-    finally:
-        container.remove(force=True)
+    return json.loads(output.decode().strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("flavor", ["cpu", "cuda"])
+# What a server's code might touch first; each must get the real modules, one copy of each.
+FIRST_USES = {
+    "orm": "",
+    "alembic-submodule": "import alembic.command; assert alembic.command.upgrade",
+    "submodule-its-package-imports": (
+        "import sqlalchemy.engine as engine\n"
+        "assert engine is sys.modules['sqlalchemy.engine'] is sys.modules['sqlalchemy'].engine\n"
+        "assert type(engine.__spec__.loader).__name__ == 'SourceFileLoader'"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("flavor", "first_use"),
+    [("cpu", use) for use in FIRST_USES] + [("cuda", "orm")],
+)
 def test_singleuser_start_defers_hub_modules_until_used(
-    docker_client: docker.DockerClient, notebook_images: dict[str, str], flavor: str
+    docker_client: docker.DockerClient,
+    notebook_images: dict[str, str],
+    flavor: str,
+    first_use: str,
 ) -> None:
-    seen = _probe(docker_client, notebook_images[flavor], "jupyterhub-singleuser")
+    seen = _probe(
+        docker_client,
+        notebook_images[flavor],
+        "jupyterhub-singleuser",
+        {"FIRST_USE": FIRST_USES[first_use]},
+    )
     assert seen["at_start"] == dict.fromkeys(HEAVY, False)
     # Using them loads the real modules, transparently.
     assert seen["orm_table"] == "users"

@@ -14,7 +14,8 @@ Two imports make every notebook server slow to start and heavy at rest:
   ``jupyterhub.handlers.pages.HealthCheckHandler`` (used by ``log_request`` only for an
   ``isinstance`` check; no hub handler runs in a notebook server) is a placeholder class.
 
-Nothing changes for code that does use these modules: it gets the real ones, only later. A
+Nothing changes for code that does use these modules: it gets the real ones, only later (and
+a submodule of a deferred package loads the real package first, as without this module). A
 ``.pth`` file calls :func:`install` in processes started as ``jupyter*`` (kernels and other
 Python processes never import this module); ``GPUWS_LAZY_IMPORTS=0`` turns it off.
 
@@ -107,6 +108,11 @@ SINGLEUSER: dict[str, dict[str, Any]] = {
     "jupyterhub.roles": {},
     "jupyterhub.handlers.pages": {"HealthCheckHandler": _HubOnlyHandler},
 }
+# Submodules of a deferred package that may load without the package's __init__: they import
+# nothing of it but each other (jupyterhub.utils imports sqlalchemy.exc at start-up). Any other
+# submodule of a deferred package loads the real package first, as Python always does: a
+# package's __init__ may fix the order in which its submodules import one another.
+LOADS_ALONE = frozenset({"sqlalchemy.exc", "sqlalchemy.util"})
 
 
 class _Loader(importlib.abc.Loader):
@@ -125,12 +131,29 @@ class _Loader(importlib.abc.Loader):
         module.__dict__.update(self.provided)
 
 
+class _AlreadyLoaded(importlib.abc.Loader):
+    """Gives the import system a module that loading its real package has just imported."""
+
+    def __init__(self, module: types.ModuleType, real_spec: Any) -> None:
+        self.module = module
+        self.real_spec = real_spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return self.module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__spec__ = self.real_spec  # the import system set it to this loader's spec
+
+
 class _Finder(importlib.abc.MetaPathFinder):
     def __init__(self, deferred: dict[str, dict[str, Any]]) -> None:
         self.deferred = deferred
         self._looking: set[str] = set()
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        parent = sys.modules.get(name.rpartition(".")[0])
+        if isinstance(parent, _Deferred) and name not in self.deferred:
+            return self._in_real_package(name, parent)
         if name in self._looking or name not in self.deferred:
             return None
         self._looking.add(name)
@@ -147,6 +170,19 @@ class _Finder(importlib.abc.MetaPathFinder):
         if is_package:
             spec.submodule_search_locations = list(real.submodule_search_locations or [])
         return spec
+
+    @staticmethod
+    def _in_real_package(name: str, package: _Deferred) -> Any:
+        if any(name == alone or name.startswith(alone + ".") for alone in LOADS_ALONE):
+            return None
+        _load(package)
+        module = sys.modules.get(name)
+        if module is None:
+            return None  # the path finders import it now, inside the real package
+        # The package's __init__ imported it. Returned as is: importing it again would make a
+        # second copy. (A module whose __spec__ is None makes the import system use this spec.)
+        real_spec, module.__spec__ = module.__spec__, None
+        return importlib.machinery.ModuleSpec(name, _AlreadyLoaded(module, real_spec))
 
 
 def install(program: str | None = None) -> None:

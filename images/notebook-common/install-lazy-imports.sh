@@ -21,11 +21,14 @@ import jupyter_server.serverapp  # noqa: E402,F401
 import jupyterhub.singleuser  # noqa: E402,F401
 
 deferred = sorted(n for n, m in sys.modules.items() if isinstance(m, lazy._Deferred))
-heavy = {"alembic", "mako", "rfc3987_syntax", "sqlalchemy"}
+# Packages whose whole import is deferred, and the heavy parts of SQLAlchemy (its small
+# submodules, such as sqlalchemy.exc, may load alone without the package's __init__).
+whole = {"alembic", "mako", "rfc3987_syntax"}
+parts = {"sqlalchemy", "sqlalchemy.orm", "sqlalchemy.engine", "jupyterhub.orm"}
 loaded = sorted(
     n
     for n, m in sys.modules.items()
-    if n.split(".")[0] in heavy and not isinstance(m, lazy._Deferred)
+    if (n.split(".")[0] in whole or n in parts) and not isinstance(m, lazy._Deferred)
 )
 print("imports deferred:", deferred)
 if loaded:
