@@ -56,7 +56,7 @@ class _Deferred(types.ModuleType):
             and "_gpuws_real" not in self.__dict__
             and importlib.machinery.PathFinder.find_spec(f"{self.__name__}.{attr}", path)
         ):
-            # `from package import submodule`: let the import system load it alone.
+            # `from package import submodule`: the import system imports it (see _Finder).
             raise AttributeError(attr)
         return getattr(_load(self), attr)
 
