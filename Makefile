@@ -32,7 +32,7 @@ logs: ## Follow the hub's log
 test: ## Run the test suite (scripts/run-tests.sh; ARGS="..." go to pytest)
 	bash scripts/run-tests.sh $(ARGS)
 
-bench: ## Run the benchmarks into bench/results/ (~25 min; ARGS="--quick", ARGS="--only spawn")
+bench: ## Run the benchmarks into bench/results/ (~30 min; ARGS="--quick", ARGS="--only spawn")
 	$(PYTHON) -m bench $(ARGS)
 
 lint: ## Lint the Python code (ruff)

@@ -1,6 +1,6 @@
 """``python -m bench``: run the benchmarks, write bench/results/results.{json,md}.
 
-    python -m bench                       # everything (~25 min on 2 cores)
+    python -m bench                       # everything (~30 min on 2 cores)
     python -m bench --quick               # fewer rounds and sizes (~8 min)
     python -m bench --only spawn,alloc    # some sections; the others' results are kept
 
