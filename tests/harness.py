@@ -121,6 +121,11 @@ def container_env(client: docker.DockerClient, container_id: str) -> dict[str, s
     return {k: v for k, v in pairs}
 
 
+def visible_gpus(client: docker.DockerClient, container_id: str) -> list[str]:
+    """The GPU ids Docker's nvidia driver handed the container (NVIDIA_VISIBLE_DEVICES)."""
+    return container_env(client, container_id)["NVIDIA_VISIBLE_DEVICES"].split(",")
+
+
 @dataclass
 class Hub:
     """A running JupyterHub (with its proxy) started from the project's config."""
@@ -333,6 +338,17 @@ check_spawner_config(c)
     def containers(self, client: docker.DockerClient, **filters: Any) -> list[Any]:
         labels = [f"{LABEL_PREFIX_NAME}={self.prefix}"]
         return list(client.containers.list(all=True, filters={"label": labels, **filters}))
+
+    def server_container(self, client: docker.DockerClient, user: str, server: str = "") -> Any:
+        """The running container of ``user``'s server ``server`` (default: the unnamed one)."""
+        for container in self.containers(client, status="running"):
+            labels = container.labels
+            if (
+                labels["io.gpu-workspaces.user"] == user
+                and labels["io.gpu-workspaces.server"] == server
+            ):
+                return container
+        raise AssertionError(f"no running container for {user}/{server}")
 
     def cleanup(self, client: docker.DockerClient) -> None:
         self.stop()

@@ -13,34 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from harness import container_env, wait_for
+from harness import visible_gpus, wait_for
 
 pytestmark = pytest.mark.docker
-
-
-def _visible(client, container) -> list[str]:
-    return container_env(client, container.id)["NVIDIA_VISIBLE_DEVICES"].split(",")
-
-
-def _server_container(hub, client, user, server=""):
-    for container in hub.containers(client, status="running"):
-        labels = container.labels
-        if (
-            labels["io.gpu-workspaces.user"] == user
-            and labels["io.gpu-workspaces.server"] == server
-        ):
-            container.reload()
-            return container
-    raise AssertionError(f"no running container for {user}/{server}")
 
 
 def test_two_users_on_one_gpu_profiles_get_different_gpus(start_hub, docker_client):
     hub = start_hub(env={"GPUWS_GPU_INVENTORY": "4"})
     hub.spawn("ann", {"profile": "gpu-1"})
     hub.spawn("ben", {"profile": "gpu-1"})
-    ann = _server_container(hub, docker_client, "ann")
-    ben = _server_container(hub, docker_client, "ben")
-    ann_gpus, ben_gpus = _visible(docker_client, ann), _visible(docker_client, ben)
+    ann = hub.server_container(docker_client, "ann")
+    ben = hub.server_container(docker_client, "ben")
+    ann_gpus, ben_gpus = visible_gpus(docker_client, ann.id), visible_gpus(docker_client, ben.id)
     assert len(ann_gpus) == len(ben_gpus) == 1
     assert ann_gpus != ben_gpus
     # the choice is recorded on the container and reads back
@@ -66,7 +50,7 @@ def test_twenty_concurrent_spawns_for_eight_gpus(start_hub, docker_client, artif
     wall = time.monotonic() - started
     ready = [u for u, m in zip(users, models, strict=True) if m and m.get("ready")]
     running = hub.containers(docker_client, status="running")
-    gpus = [g for c in running for g in _visible(docker_client, c)]
+    gpus = [g for c in running for g in visible_gpus(docker_client, c.id)]
 
     assert len(ready) == 8
     assert len(running) == 8
@@ -98,7 +82,7 @@ def test_gpu_held_by_a_hand_started_container_stays_out_of_the_pool(
     try:
         hub = start_hub(env={"GPUWS_GPU_INVENTORY": "2", "GPUWS_GPU_WAIT_TIMEOUT": "0"})
         hub.spawn("hal", {"profile": "gpu-1"})
-        assert _visible(docker_client, _server_container(hub, docker_client, "hal")) == ["1"]
+        assert visible_gpus(docker_client, hub.server_container(docker_client, "hal").id) == ["1"]
         refused = hub.request_spawn("ivy", {"profile": "gpu-1"})
         assert refused.status_code == 503, refused.text
         assert "GPU" in refused.json()["message"]
@@ -113,10 +97,10 @@ def test_killed_container_gives_its_gpu_back(start_hub, docker_client):
         extra_config="c.GPUDockerSpawner.poll_interval = 2\n",
     )
     hub.spawn("kai", {"profile": "gpu-1"})
-    _server_container(hub, docker_client, "kai").kill()
+    hub.server_container(docker_client, "kai").kill()
     # the pool sees the container gone and hands GPU 0 on; poll marks kai's server stopped
     hub.spawn("lea", {"profile": "gpu-1"}, timeout=60)
-    assert _visible(docker_client, _server_container(hub, docker_client, "lea")) == ["0"]
+    assert visible_gpus(docker_client, hub.server_container(docker_client, "lea").id) == ["0"]
     hub.wait_gone("kai", timeout=30)
 
 
@@ -222,7 +206,7 @@ def test_queue_tells_the_user_where_they_are_then_runs(start_hub, docker_client)
     messages = [e.get("message", "") for e in events]
     assert any("Waiting for 1 GPU, 0 requests ahead of you" in m for m in messages), messages
     assert events[-1].get("ready"), messages
-    assert _visible(docker_client, _server_container(hub, docker_client, "second")) == ["0"]
+    assert visible_gpus(docker_client, hub.server_container(docker_client, "second").id) == ["0"]
 
 
 def test_wait_runs_out_with_a_message_and_nothing_left(start_hub, docker_client):

@@ -173,6 +173,16 @@ def _tally(statuses: list[int]) -> dict[str, int]:
     }
 
 
+def _aftermath(hub: Any, client: Any, user: str, statuses: list[int], name: str) -> dict[str, int]:
+    """What a fuzz run left behind (containers, a server) and its answers, recorded as figures."""
+    figures = _tally(statuses) | {
+        "containers_created": len(hub.containers(client)),
+        "servers_started": int(bool(hub.server_model(user))),
+    }
+    record_figures(FIGURES, name, figures)
+    return figures
+
+
 def test_fuzz_user_options_through_the_rest_api(start_hub, docker_client, tmp_path) -> None:
     hub = _hub(start_hub, tmp_path)
     user = "fuzz-rest"
@@ -220,15 +230,9 @@ def test_fuzz_user_options_through_the_rest_api(start_hub, docker_client, tmp_pa
     try:
         case()
     finally:
-        leaked = len(hub.containers(docker_client))
-        model = hub.server_model(user)
-        figures = _tally(statuses) | {
-            "containers_created": leaked,
-            "servers_started": int(bool(model)),
-        }
-        record_figures(FIGURES, "rest_api", figures)
+        figures = _aftermath(hub, docker_client, user, statuses, "rest_api")
     assert figures["5xx"] == 0 and figures["other"] == 0
-    assert leaked == 0 and not model
+    assert figures["containers_created"] == 0 and figures["servers_started"] == 0
 
 
 def test_fuzz_the_spawn_form(start_hub, docker_client, tmp_path) -> None:
@@ -278,15 +282,9 @@ def test_fuzz_the_spawn_form(start_hub, docker_client, tmp_path) -> None:
     try:
         case()
     finally:
-        leaked = len(hub.containers(docker_client))
-        model = hub.server_model(user)
-        figures = _tally(statuses) | {
-            "containers_created": leaked,
-            "servers_started": int(bool(model)),
-        }
-        record_figures(FIGURES, "spawn_form", figures)
+        figures = _aftermath(hub, docker_client, user, statuses, "spawn_form")
     assert figures["5xx"] == 0 and figures["other"] == 0
-    assert leaked == 0 and not model
+    assert figures["containers_created"] == 0 and figures["servers_started"] == 0
 
 
 # -- invalid hub configuration -----------------------------------------------------------

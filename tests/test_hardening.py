@@ -367,18 +367,6 @@ def _sh(container: Any, command: str) -> str:
     return str(out.decode().strip())
 
 
-def _server_container(hub: Any, client: Any, user: str, server: str = "") -> Any:
-    for container in hub.containers(client, status="running"):
-        labels = container.labels
-        if (
-            labels["io.gpu-workspaces.user"] == user
-            and labels["io.gpu-workspaces.server"] == server
-        ):
-            container.reload()
-            return container
-    raise AssertionError(f"no running container for {user}/{server}")
-
-
 @pytest.mark.docker
 def test_notebook_containers_are_hardened(start_hub, docker_client, tmp_path) -> None:
     profiles = tmp_path / "profiles.yaml"
@@ -396,7 +384,7 @@ def test_notebook_containers_are_hardened(start_hub, docker_client, tmp_path) ->
     host_ns = {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in ("pid", "net", "ipc", "uts")}
 
     for user, memory, cpus in (("hard-cpu", 512 * 1024**2, 0.5), ("hard-gpu", 1024**3, 1.0)):
-        container = _server_container(hub, docker_client, user)
+        container = hub.server_container(docker_client, user)
         host = container.attrs["HostConfig"]
         assert host["Privileged"] is False
         assert host["CapDrop"] == ["ALL"]
@@ -535,7 +523,7 @@ c.Spawner.pre_spawn_hook = _hook
     )
     assert r.status_code < 400, r.status_code
     hub.wait_ready("imgform")
-    container = _server_container(hub, docker_client, "imgform")
+    container = hub.server_container(docker_client, "imgform")
     assert container.attrs["Config"]["Image"] == notebook_images["cpu"]
 
     # an image set behind the profiles' back (here by a hook) is refused before any create

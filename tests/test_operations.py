@@ -16,7 +16,7 @@ from typing import Any
 import docker
 import pytest
 import requests
-from harness import Hub, container_env, wait_for
+from harness import Hub, visible_gpus, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
@@ -37,17 +37,6 @@ def gpus(count: int, first_index: int) -> str:
             for i in range(count)
         ]
     )
-
-
-def server_container(hub: Hub, client: docker.DockerClient, user: str) -> Any:
-    for container in hub.containers(client, status="running"):
-        if container.labels["io.gpu-workspaces.user"] == user:
-            return container
-    raise AssertionError(f"no running container for {user}")
-
-
-def visible(client: docker.DockerClient, container: Any) -> list[str]:
-    return container_env(client, container.id)["NVIDIA_VISIBLE_DEVICES"].split(",")
 
 
 def last_activity(hub: Hub, user: str) -> str:
@@ -139,8 +128,8 @@ def test_idle_gpu_server_is_reclaimed_and_its_gpu_goes_to_the_waiting_user(
         extra_config='c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n',
     )
     hub.spawn("ann", {"profile": "gpu-1"})
-    ann = server_container(hub, docker_client, "ann")
-    (gpu,) = visible(docker_client, ann)
+    ann = hub.server_container(docker_client, "ann")
+    (gpu,) = visible_gpus(docker_client, ann.id)
 
     r = hub.request_spawn("ben", {"profile": "gpu-1"})
     assert r.status_code == 202, r.text
@@ -157,7 +146,7 @@ def test_idle_gpu_server_is_reclaimed_and_its_gpu_goes_to_the_waiting_user(
     hub.wait_gone("ann")
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(ann.id)
-    assert visible(docker_client, server_container(hub, docker_client, "ben")) == [gpu]
+    assert visible_gpus(docker_client, hub.server_container(docker_client, "ben").id) == [gpu]
     assert "GPU reclaimer: stopping ann" in hub.log_path.read_text()
 
 
@@ -189,7 +178,7 @@ def test_a_busy_kernel_is_never_culled_as_idle(
     for user in ("cat", "eve"):
         assert hub.server_model(user)["ready"], f"{user}'s busy server was culled"
         assert kernel_state(hub, user) == ["busy"]
-        server_container(hub, docker_client, user)
+        hub.server_container(docker_client, user)
     # their busy kernels counted as activity, after the idle servers' last activity
     assert last_activity(hub, "cat") > dan_last
     assert last_activity(hub, "eve") > fay_last
@@ -247,7 +236,7 @@ def test_dashboard_shows_the_real_allocations_to_admins_only(
         held = {
             g: c.labels["io.gpu-workspaces.user"]
             for c in hub.containers(docker_client, status="running")
-            for g in visible(docker_client, c)
+            for g in visible_gpus(docker_client, c.id)
         }
         shown = {g["id"]: (g["state"], (g["holder"] or {}).get("user")) for g in snapshot["gpus"]}
         assert shown == {
@@ -314,7 +303,9 @@ def test_dashboard_shows_the_real_allocations_to_admins_only(
                     timeout=30_000,
                 )
                 assert "Nobody is waiting" in page.locator("#gpu-queue tbody").inner_text()
-                cat_gpu = visible(docker_client, server_container(hub, docker_client, "cat"))[0]
+                cat_gpu = visible_gpus(
+                    docker_client, hub.server_container(docker_client, "cat").id
+                )[0]
                 assert "cat" in page.locator(f'.gpu-card[data-gpu="{cat_gpu}"]').inner_text()
             finally:
                 browser.close()
