@@ -11,7 +11,7 @@ ARGS ?=
 # make down STOP_SERVERS=1 also stops the users' notebook containers
 STOP_SERVERS ?= 0
 
-.PHONY: help images up down logs test bench lint lint-sh
+.PHONY: help images up down logs test bench lint
 
 help: ## Show this help
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -32,11 +32,8 @@ logs: ## Follow the hub's log
 test: ## Run the test suite (scripts/run-tests.sh; ARGS="..." go to pytest)
 	bash scripts/run-tests.sh $(ARGS)
 
-bench: ## Run the benchmarks into bench/results/ (~30 min; ARGS="--quick", ARGS="--only spawn")
-	$(PYTHON) -m bench $(ARGS)
+bench: ## Run the benchmarks on the tests' private engine into bench/results/ (~30 min; ARGS="--quick")
+	PYTHON=$(CURDIR)/.venv/bin/python scripts/test-engine.sh $(CURDIR)/.venv/bin/python -m bench $(ARGS)
 
-lint: ## Lint the Python code (ruff)
-	ruff check .
-
-lint-sh: ## Lint the shell scripts (shellcheck)
-	shellcheck -x scripts/*.sh images/base/*.sh
+lint: ## The static checks make test runs first: ruff, ruff format, mypy --strict, shellcheck
+	PATH="$(CURDIR)/.venv/bin:$$PATH" bash scripts/static-checks.sh

@@ -5,8 +5,8 @@
 #     container on the workspaces network and notebook containers reach it by service name;
 #   - directly on a host: `jupyterhub -f jupyterhub_config.py`; the hub's internal API then
 #     listens on the workspaces network's gateway address, where containers reach it.
-# Every setting comes from an environment variable with a working default; see README.md
-# ("Configuration") and .env.example. Logic lives in the `spawner` package, not here.
+# Every setting comes from an environment variable with a working default; see
+# docs/configuration.md and .env.example. Logic lives in the `spawner` package, not here.
 import os
 
 from spawner.dashboard import handlers as gpu_dashboard_handlers
@@ -72,11 +72,11 @@ if authenticator == "native":
         os.path.join(os.path.dirname(__import__("nativeauthenticator").__file__), "templates")
     ]
 else:
-    # e.g. "dummy" for demos and tests, or "github" / "generic-oauth" (see README: OAuth)
+    # e.g. "dummy" for demos and tests, or "github" / "generic-oauth" (see docs/authentication.md)
     c.JupyterHub.authenticator_class = authenticator
 c.Authenticator.admin_users = admins
 # NativeAuthenticator gates users by admin approval, so "all" means "all approved"; for
-# OAuth set GPUWS_ALLOW_ALL=0 and an allow-list (see README: OAuth).
+# OAuth set GPUWS_ALLOW_ALL=0 and an allow-list (see docs/authentication.md).
 c.Authenticator.allow_all = env_bool("GPUWS_ALLOW_ALL", authenticator in ("native", "dummy"))
 # With OAuth: who may log in besides the admins (comma-separated names).
 if allowed := env_list("GPUWS_ALLOWED_USERS"):
@@ -112,7 +112,7 @@ c.GPUDockerSpawner.default_url = "/lab"
 c.GPUDockerSpawner.http_timeout = int(env_number("GPUWS_HTTP_TIMEOUT", 60) or 60)
 c.GPUDockerSpawner.start_timeout = int(env_number("GPUWS_START_TIMEOUT", 600) or 600)
 
-# --- idle reclaim, GPU dashboard, metrics (README: "Idle reclaim", "GPU dashboard") ------
+# --- idle reclaim, GPU dashboard, metrics (docs/operations.md) -----------------------
 # Any server idle this long is stopped by jupyterhub-idle-culler (0: never).
 c.GPUReclaimer.idle_timeout = idle_timeout = env_number("GPUWS_IDLE_TIMEOUT", 7200.0) or 0.0
 # GPU servers are stopped sooner, and their GPUs go to the next user (0: idle_timeout only).

@@ -18,7 +18,7 @@ from typing import Any
 
 import docker
 import requests
-from harness import ensure_docker_engine, versions
+from harness import private_engine_client, versions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def images() -> dict[str, str]:
 
 
 def engine() -> docker.DockerClient:
-    return ensure_docker_engine()
+    return private_engine_client()
 
 
 # -- statistics ---------------------------------------------------------------------------

@@ -35,6 +35,8 @@ Environment:
   GPUWS_PIP_INDEX_URL, GPUWS_PIP_EXTRA_INDEX_URL, GPUWS_NPM_REGISTRY
                           package mirrors used inside the builds (default: none)
   GPUWS_DEBIAN_MIRROR     Debian mirror for the local base (default deb.debian.org)
+  GPUWS_BUILD_PROXY       an HTTP(S) proxy URL for everything the builds download
+                          (debootstrap, apt, pip, npm); not kept in the images
 Versions and image names come from images/versions.env (overridable from the
 environment or .env).
 EOF
@@ -56,6 +58,11 @@ done
 [[ ${#REQUESTED[@]} -gt 0 ]] || REQUESTED=("${ALL_IMAGES[@]}")
 
 gpuws_load_config
+if [[ -n "${GPUWS_BUILD_PROXY:-}" ]]; then
+    # debootstrap and apt in the base's chroot read these; docker build gets them below
+    export http_proxy="$GPUWS_BUILD_PROXY" https_proxy="$GPUWS_BUILD_PROXY"
+    export HTTP_PROXY="$GPUWS_BUILD_PROXY" HTTPS_PROXY="$GPUWS_BUILD_PROXY"
+fi
 command -v docker >/dev/null 2>&1 || gpuws_die "docker CLI not found (run scripts/install-docker.sh)"
 docker info >/dev/null 2>&1 || gpuws_die "cannot reach the Docker engine (run scripts/install-docker.sh)"
 
@@ -231,6 +238,14 @@ build_one() { # short-name
     if [[ "$FORCE" -eq 0 && "$(image_label "$image" io.gpu-workspaces.build-hash)" == "$hash" ]]; then
         report "$name" "$image" reused "$((SECONDS - t0))" "(base $base)"
         return 0
+    fi
+
+    # A proxy changes how the files arrive, not what is built: it stays out of the hash.
+    # HTTP(S)_PROXY are Docker's predefined build arguments, so no layer keeps them.
+    if [[ -n "${GPUWS_BUILD_PROXY:-}" ]]; then
+        for a in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy; do
+            build_args+=(--build-arg "$a=$GPUWS_BUILD_PROXY")
+        done
     fi
 
     local log="$STATE/$name.log" old_id

@@ -14,6 +14,13 @@ gpuws_load_config
 # What the hub starts for CPU-only and GPU sessions: the images we build.
 export GPUWS_NOTEBOOK_IMAGE="${GPUWS_NOTEBOOK_IMAGE:-$NOTEBOOK_CPU_IMAGE}"
 export GPUWS_GPU_IMAGE="${GPUWS_GPU_IMAGE:-$NOTEBOOK_CUDA_IMAGE}"
+# The engine's socket on the Docker host, mounted into the hub: the one DOCKER_HOST names
+# when it is a unix socket (e.g. a second engine), else the standard one.
+if [[ -z "${GPUWS_DOCKER_SOCKET:-}" ]]; then
+    GPUWS_DOCKER_SOCKET=/var/run/docker.sock
+    [[ "${DOCKER_HOST:-}" == unix://* ]] && GPUWS_DOCKER_SOCKET="${DOCKER_HOST#unix://}"
+fi
+export GPUWS_DOCKER_SOCKET
 # Stable project name whatever the checkout folder is called.
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-gpu-workspaces}"
 # A `compose build` uses the base that scripts/build-images.sh chose last time.

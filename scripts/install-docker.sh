@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine is reachable; on Debian (as root) install and start one.
+# Make sure a Docker engine is reachable and the offline image build can run; on Debian
+# (as root) install what is missing and start the engine.
 #
-# Idempotent: exits 0 at once when `docker info` works. Otherwise installs
-# Debian's docker.io (and docker-compose v1 when no compose is available),
+# Idempotent: exits 0 at once when `docker info` works and debootstrap is there.
+# Otherwise installs Debian's docker.io (and docker-compose v1 when no compose is
+# available) and debootstrap (the local base image when no registry is reachable),
 # starts dockerd in the background and waits up to 60 s for it.
-#
-# Environment:
-#   DOCKERD_EXTRA_PATH  folders prepended to dockerd's PATH when this script
-#                       starts it (tests use it to put a fake
-#                       nvidia-container-runtime-hook where dockerd finds it)
 set -euo pipefail
 
 LOG=/var/log/gpuws-dockerd.log
@@ -17,19 +14,16 @@ me="$(basename "$0")"
 
 say() { echo "$me: $*" >&2; }
 
-if docker info >/dev/null 2>&1; then
-    if [[ -n "${DOCKERD_EXTRA_PATH:-}" ]]; then
-        pid="$(pidof dockerd 2>/dev/null | awk '{print $1}' || true)"
-        if [[ -n "$pid" && -r "/proc/$pid/environ" ]] \
-            && ! tr '\0' '\n' <"/proc/$pid/environ" | grep -q "^PATH=${DOCKERD_EXTRA_PATH}"; then
-            say "note: Docker is already running, so DOCKERD_EXTRA_PATH is not on dockerd's" \
-                "PATH; restart dockerd yourself if you need it"
-        fi
-    fi
+if docker info >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1; then
     exit 0
 fi
 
 if [[ "$(id -u)" -ne 0 ]]; then
+    if docker info >/dev/null 2>&1; then
+        say "note: debootstrap is not installed; without a reachable registry the images"
+        say "need it for their local Debian base (as root: apt-get install debootstrap)"
+        exit 0
+    fi
     if command -v docker >/dev/null 2>&1; then
         say "the docker CLI is installed but cannot reach the engine as $(id -un)."
         say "Start the Docker engine (e.g. 'sudo systemctl start docker') and make sure"
@@ -57,6 +51,8 @@ if ! { command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>
     && ! command -v docker-compose >/dev/null 2>&1; then
     pkgs+=(docker-compose)
 fi
+# The local Debian base (images/base/make-base-image.sh) when no registry answers.
+command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
 if [[ ${#pkgs[@]} -gt 0 ]]; then
     say "installing ${pkgs[*]} with apt-get (log: $APT_LOG)"
     export DEBIAN_FRONTEND=noninteractive
@@ -68,17 +64,16 @@ if [[ ${#pkgs[@]} -gt 0 ]]; then
     fi
 fi
 
-if pidof dockerd >/dev/null 2>&1; then
+if docker info >/dev/null 2>&1; then
+    exit 0
+elif [[ -r /var/run/docker.pid ]] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
     say "dockerd is running but not answering yet; waiting"
-elif [[ -z "${DOCKERD_EXTRA_PATH:-}" ]] && [[ -d /run/systemd/system ]] \
-        && command -v systemctl >/dev/null 2>&1; then
+elif [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
     say "starting docker with systemctl"
     systemctl start docker
 else
-    dockerd_path="$PATH"
-    [[ -n "${DOCKERD_EXTRA_PATH:-}" ]] && dockerd_path="$DOCKERD_EXTRA_PATH:$PATH"
     say "starting dockerd in the background (log: $LOG)"
-    PATH="$dockerd_path" nohup dockerd >>"$LOG" 2>&1 </dev/null &
+    nohup dockerd >>"$LOG" 2>&1 </dev/null &
     disown || true
 fi
 

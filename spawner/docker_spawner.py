@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import requests
@@ -91,8 +91,15 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
+# DockerSpawner is Any to mypy (dockerspawner ships no types), hence the ignore[misc]
+class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
     """A DockerSpawner for shared GPU servers: each GPU to one user, chosen through profiles."""
+
+    if TYPE_CHECKING:
+        # DockerSpawner's traits and properties (dockerspawner ships no types)
+        extra_host_config: dict[str, Any] | Callable[..., Any]
+        extra_create_kwargs: dict[str, Any] | Callable[..., Any]
+        object_name: str
 
     # -- inventory, profiles, allocation -------------------------------------------------
 
@@ -266,8 +273,8 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):
         """
         live = self.client.containers(filters={"status": ["running", "paused", "restarting"]})
         busy: set[str] = set()
-        seen = set()
-        names = set()
+        seen: set[str] = set()
+        names: set[str] = set()
         for summary in live:
             container_id = summary["Id"]
             seen.add(container_id)

@@ -485,7 +485,7 @@ class Doctor:
                     FAIL,
                     _short(e),
                     "Edit the profile named above (GPUWS_PROFILES_FILE or "
-                    "c.GPUDockerSpawner.profiles); README: Profiles.",
+                    "c.GPUDockerSpawner.profiles); docs/gpus.md: Profiles.",
                 )
             )
             return

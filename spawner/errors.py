@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover - JupyterHub 5
     _Base = web.HTTPError
 
 
-class WorkspaceError(_Base):  # type: ignore[misc,valid-type]
+class WorkspaceError(_Base):  # type: ignore[misc]  # _Base is Any: jupyterhub ships no types
     """A spawn refused for a reason the user can act on (bad option, quota, no GPU free)."""
 
     def __init__(self, message: str, *, reason: str = "workspace", status_code: int = 400):

@@ -100,7 +100,9 @@ def env_json_or_text(name: str) -> Any:
     return raw
 
 
-def profiles_from_env(name: str = "GPUWS_PROFILES_FILE", *, inventory: Any = "") -> list[dict]:
+def profiles_from_env(
+    name: str = "GPUWS_PROFILES_FILE", *, inventory: Any = ""
+) -> list[dict[str, Any]]:
     """Profiles from the YAML/JSON file the variable names, else the shipped defaults.
 
     The defaults (CPU, 1 GPU, 2 GPUs) are trimmed to the GPUs the host has (``inventory``:
@@ -349,7 +351,7 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
                 f"[gpu-workspaces] preflight: GPU profiles cannot be served: {e}\n"
                 "  CPU profiles work; GPU profiles are refused with a message until the hub "
                 "can see the GPUs (NVIDIA Container Toolkit on the host + the GPU block of the "
-                "hub service in docker-compose.yaml, README: GPU host wiring) or "
+                "hub service in docker-compose.yaml, docs/deploy.md: GPU host wiring) or "
                 "GPUWS_GPU_INVENTORY lists them.",
                 file=sys.stderr,
             )

@@ -1,6 +1,6 @@
 """Idle reclaim inside the hub: busy kernels count as activity, idle GPU servers are stopped.
 
-Two parts work together (README: "Idle reclaim"):
+Two parts work together (docs/operations.md, "Idle reclaim"):
 
 - **jupyterhub-idle-culler**, a hub-managed service (:func:`idle_culler_service`), stops any
   server idle for longer than ``GPUReclaimer.idle_timeout`` (the CPU timeout), through the

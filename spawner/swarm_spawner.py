@@ -573,7 +573,7 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         if not name:
             raise WorkspaceError(
                 f"{self._opt('network_name')} is not set, so the hub cannot reach servers on "
-                "the swarm; tell an admin (see README: Scaling out).",
+                "the swarm; tell an admin (see docs/swarm.md).",
                 reason="config",
                 status_code=500,
             )
@@ -780,7 +780,7 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         if "no longer meets constraints" in str(why) and self.gpu_count:
             hint = (
                 " (Docker 20.10 rejects GPU tasks when their node is updated, moby/moby#44378;"
-                " see README: Scaling out)"
+                " see docs/swarm.md)"
             )
         return (
             f"Swarm could not start the server{on}: {why}{hint}. Nothing is left running; "

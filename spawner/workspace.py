@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
@@ -78,6 +78,15 @@ class GPUAvailability:
 
 class WorkspaceMixin(LoggingConfigurable):
     """Options and behaviour shared by the GPU workspace spawners (mix in before the base)."""
+
+    if TYPE_CHECKING:
+        # Provided by jupyterhub.spawner.Spawner, which comes after this mixin in the MRO.
+        user: Any
+        orm_spawner: Any
+        server: Any
+        name: str
+        prefix: str
+        http_timeout: int
 
     # -- GPUs requested directly (no profiles) --------------------------------------------
 
@@ -145,7 +154,8 @@ class WorkspaceMixin(LoggingConfigurable):
             parse_profiles(proposal["value"], total_gpus=None, option=self._opt("profiles"))
         except ProfileError as e:
             raise TraitError(str(e)) from None
-        return proposal["value"]
+        value: list[dict[str, Any]] = proposal["value"]
+        return value
 
     gpu_image = Unicode(
         "",
@@ -476,7 +486,8 @@ class WorkspaceMixin(LoggingConfigurable):
     @default("options_form")
     def _default_options_form(self) -> Any:
         if not self.profiles:
-            return super()._default_options_form()
+            # Spawner's default, after this mixin in the MRO (LoggingConfigurable has none)
+            return super()._default_options_form()  # type: ignore[misc]
         return WorkspaceMixin._render_options_form
 
     async def _render_options_form(self) -> str:
@@ -503,8 +514,11 @@ class WorkspaceMixin(LoggingConfigurable):
     @default("options_from_form")
     def _default_options_from_form(self) -> Callable[..., dict[str, Any]]:
         if not self.profiles:
-            return super()._default_options_from_form()  # type: ignore[no-any-return]
-        return staticmethod(form.options_from_form)  # type: ignore[return-value]
+            # Spawner's default, after this mixin in the MRO (LoggingConfigurable has none)
+            spawner_default: Callable[..., dict[str, Any]]
+            spawner_default = super()._default_options_from_form()  # type: ignore[misc]
+            return spawner_default
+        return staticmethod(form.options_from_form)
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Any:

@@ -1,4 +1,8 @@
-"""Fixtures: the real Docker engine (with a fake GPU hook), the images, and hubs."""
+"""Fixtures: the tests' private Docker engine (with a fake GPU hook), the images, and hubs.
+
+The machine's own engine is only read: at the start of the run and again by the run's last
+test (tests/test_host_engine.py), which fails if its containers, networks or volumes changed.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,42 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
+import host_engine
 import pytest
 from harness import (
     Hub,
     build_images,
-    ensure_docker_engine,
     nvidia_driver_registered,
+    private_engine_client,
     versions,
 )
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test acts: what the machine's engine holds now (or the snapshot the test
+    # command took before it started the private engine).
+    config.stash[host_engine.BEFORE] = host_engine.before_this_run()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The check of the machine's engine runs last, after everything that could change it.
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
+@pytest.fixture(scope="session")
+def host_engine_before(request: pytest.FixtureRequest) -> host_engine.Snapshot:
+    return request.config.stash[host_engine.BEFORE]
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
-    client = ensure_docker_engine()
+    """The tests' private engine (tests/engine.py); never the machine's own."""
+    try:
+        client = private_engine_client()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
     yield client
     client.close()
 
@@ -39,10 +64,9 @@ def fake_gpu_hook(docker_client: docker.DockerClient, notebook_images: dict[str,
     """Docker's nvidia driver is live, backed by the recording test double of the hook."""
     if not nvidia_driver_registered(docker_client, notebook_images["cpu"]):
         pytest.fail(
-            "dockerd runs without nvidia-container-runtime-hook on its PATH, so --gpus fails. "
-            "Stop it and let the tests start it (they put tests/fakes/ on its PATH), or start "
-            "it with DOCKERD_EXTRA_PATH=/usr/local/libexec/gpu-workspaces-test "
-            "scripts/install-docker.sh"
+            "the tests' private dockerd runs without nvidia-container-runtime-hook on its "
+            "PATH, so --gpus fails; stop it with `python tests/engine.py down` and run the "
+            "tests again (tests/engine.py puts the test double on its PATH)"
         )
 
 

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import engine
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE_HOOK_SOURCE = REPO / "tests" / "fakes" / "nvidia-container-runtime-hook"
-# A fixed place outside the checkout: dockerd keeps its PATH for its whole life, and a CI
-# clone in another folder must find the same hook.
-FAKE_HOOK_DIR = Path("/usr/local/libexec/gpu-workspaces-test")
 FAKE_HOOK_CALLS = Path(os.environ.get("FAKE_GPU_HOOK_CALLS", "/run/fake-gpu-hook"))
 TEST_NETWORK = "gpuws-test"
 LABEL_PREFIX_NAME = "io.gpu-workspaces.prefix"
@@ -42,34 +38,35 @@ def versions() -> dict[str, str]:
     return values
 
 
-def docker_answers() -> bool:
+def in_engine_netns() -> bool:
+    """Whether this process runs in the private engine's network namespace."""
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+        return os.stat("/proc/self/ns/net").st_ino == os.stat(engine.NETNS_PATH).st_ino
+    except OSError:
         return False
 
 
-def install_fake_gpu_hook() -> None:
-    FAKE_HOOK_DIR.mkdir(parents=True, exist_ok=True)
-    target = FAKE_HOOK_DIR / FAKE_HOOK_SOURCE.name
-    shutil.copy2(FAKE_HOOK_SOURCE, target)
-    target.chmod(0o755)
+def private_engine_problem() -> str | None:
+    """Why the Docker tests cannot run here, as a sentence for the person running them."""
+    how = (
+        "run the tests with `make test` (or scripts/run-tests.sh, which passes its "
+        "arguments to pytest): it starts the tests' private Docker engine and runs pytest "
+        "in that engine's network namespace"
+    )
+    if os.environ.get("DOCKER_HOST") != engine.DOCKER_HOST:
+        return f"DOCKER_HOST is not the tests' private engine ({engine.DOCKER_HOST}); {how}"
+    if not in_engine_netns():
+        return f"pytest does not run in the network namespace {engine.NETNS}; {how}"
+    if not engine.answers():
+        return f"the tests' private Docker engine does not answer; {how}"
+    return None
 
 
-def ensure_docker_engine() -> docker.DockerClient:
-    """A Docker engine that answers, installed and started with the fake GPU hook if missing."""
-    install_fake_gpu_hook()
-    if not docker_answers():
-        env = dict(os.environ, DOCKERD_EXTRA_PATH=str(FAKE_HOOK_DIR))
-        result = subprocess.run(
-            ["bash", str(REPO / "scripts" / "install-docker.sh")], env=env, text=True
-        )
-        if result.returncode != 0 or not docker_answers():
-            raise RuntimeError(
-                "No Docker engine answers and scripts/install-docker.sh could not start one "
-                "(it needs root on Debian)."
-            )
-    return docker.from_env(version="auto", timeout=120)
+def private_engine_client() -> docker.DockerClient:
+    """A client of the tests' private engine; never of the machine's own engine."""
+    if problem := private_engine_problem():
+        raise RuntimeError(problem)
+    return docker.DockerClient(base_url=engine.DOCKER_HOST, version="auto", timeout=120)
 
 
 def build_images(*names: str) -> None:
@@ -79,18 +76,21 @@ def build_images(*names: str) -> None:
 
 
 def nvidia_driver_registered(client: docker.DockerClient, image: str) -> bool:
-    """Whether dockerd's nvidia device driver is on (i.e. it found the hook on its PATH)."""
+    """Whether dockerd's nvidia device driver is on (i.e. it found the hook on its PATH).
+
+    The probe container is removed whatever happens: a failed start leaves it "created".
+    """
+    request = docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])
+    container = client.containers.create(image, ["true"], device_requests=[request])
     try:
-        client.containers.run(
-            image,
-            ["true"],
-            remove=True,
-            device_requests=[docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])],
-        )
+        container.start()
+        container.wait(timeout=60)
     except docker.errors.APIError as e:
         if "could not select device driver" in str(e):
             return False
         raise
+    finally:
+        container.remove(force=True)
     return True
 
 

@@ -2,7 +2,7 @@
 
 Each node is a separate ``dockerd`` with its own data root, exec root, socket and hostname,
 inside its own network namespace, advertising two fake GPUs as ``NVIDIA-GPU`` generic
-resources. The machine's shared engine is only read from (``docker save`` of the images).
+resources. The tests' private engine (tests/engine.py) gives the images (``docker save``).
 
 Addresses (all in 10.231.0.0/16, all created and removed here)::
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
-from harness import FAKE_HOOK_DIR, install_fake_gpu_hook
+from engine import FAKE_HOOK_DIR, install_fake_gpu_hook, kill, pids_naming
 
 GPU_KIND = "NVIDIA-GPU"
 HOST_ADDRESS = "10.231.0.1"
@@ -134,33 +133,6 @@ def prerequisites_missing() -> str | None:
 # -- clean-up of everything the harness may have left (idempotent) -----------------------
 
 
-def _pids_using(path_fragment: str) -> list[int]:
-    """Processes whose command line names one of our own folders (leftovers of a crash)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if path_fragment in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kill(pids: list[int], timeout: float = 20) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def _unmount_under(*roots: Path) -> None:
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -178,9 +150,9 @@ def cleanup() -> None:
         with contextlib.suppress(OSError, ValueError):
             pids.append(int(node.pidfile.read_text().strip()))
         pids = [p for p in pids if Path(f"/proc/{p}").exists()]
-        _kill(pids)  # dockerd stops its containers and its containerd
-        _kill(_pids_using(f"{node.run_dir}/"), timeout=5)  # what a killed dockerd left
-        _kill(_pids_using(f"{node.data_dir}/"), timeout=5)
+        kill(pids, timeout=20)  # dockerd stops its containers and its containerd
+        kill(pids_naming(f"{node.run_dir}/"), timeout=5)  # what a killed dockerd left
+        kill(pids_naming(f"{node.data_dir}/"), timeout=5)
         _unmount_under(node.run_dir, node.data_dir)
         _run("ip", "netns", "del", node.netns, check=False)
     _run("ip", "link", "del", HOST_LINK, check=False)
@@ -291,7 +263,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def _load_images(images: list[str], clients: list[docker.DockerClient]) -> None:
-    """``docker save`` once from the machine's engine, ``docker load`` into every node."""
+    """``docker save`` once from the tests' private engine, ``docker load`` into every node."""
     started = time.monotonic()
     save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
     loads = [

@@ -3,7 +3,9 @@
 The admin signs up, a second person signs up and is approved by the admin at
 /hub/authorize; each picks the 1-GPU profile on the spawn form, watches the progress page,
 gets JupyterLab and runs a cell that prints the GPU their container was given and the size
-of its /dev/shm. The GPUs are a static inventory of two named (fake) GPUs.
+of its /dev/shm; the admin's GPU dashboard then shows each GPU held by one of them. The GPUs
+are a static inventory of two named (fake) GPUs. The spawn form's and the dashboard's
+screenshots are the ones in docs/images/.
 """
 
 from __future__ import annotations
@@ -90,6 +92,13 @@ def test_sign_up_spawn_a_gpu_and_run_a_cell(start_hub, docker_client, artifacts_
         start_profile(carla, "gpu-1")
         with screenshot_on_failure(carla, str(artifacts_dir / "browser-failed-carla.png")):
             seen["carla"] = _cell_values(run_in_new_notebook(carla, CELL, expect="SHM_BYTES="))
+
+        # The admin's GPU dashboard: one card per GPU, each held by one of them.
+        boss.goto(f"{hub.url}/hub/gpus")
+        boss.locator(".gpu-card.held").nth(1).wait_for()
+        holders = boss.locator(".gpu-card.held .gpu-holder").all_inner_texts()
+        assert sorted(holders) == ["boss", "carla"], holders
+        boss.screenshot(path=str(artifacts_dir / "browser-gpu-dashboard.png"), full_page=True)
 
         # Not signed in: someone else's JupyterLab sends you to the login page.
         stranger = new_page(browser)

@@ -41,7 +41,13 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUWS_", "OAUTH"))}
+        # The caller's settings stay out, except how this engine's images are built.
+        keep = ("GPUWS_BUILD_PROXY", "GPUWS_OFFLINE")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k in keep or not k.startswith(("GPUWS_", "OAUTH"))
+        }
         env.update(
             {
                 "COMPOSE_PROJECT_NAME": self.name,
@@ -232,19 +238,19 @@ def hub_exec(container: Any, command: str) -> str:
     return str(out.decode().strip())
 
 
-def _readme_block(heading: str) -> str:
-    """The first fenced code block after a README heading."""
-    readme = (REPO / "README.md").read_text()
-    match = re.search(rf"^#+ {re.escape(heading)}\n.*?```[a-z]*\n(.*?)```", readme, re.S | re.M)
-    assert match, f"README has no code block under {heading!r}"
+def _doc_block(doc: str, heading: str) -> str:
+    """The first fenced code block after a heading of a document."""
+    text = (REPO / doc).read_text()
+    match = re.search(rf"^#+ {re.escape(heading)}\n.*?```[a-z]*\n(.*?)```", text, re.S | re.M)
+    assert match, f"{doc} has no code block under {heading!r}"
     return match.group(1)
 
 
 def test_oauth_block_from_the_readme_switches_the_login(stack, tmp_path: Path):
-    """The README's OAuth settings, as they stand, give a GitHub login; and a host without
-    visible GPUs gets the preflight message in `make up`'s output."""
+    """The OAuth settings of docs/authentication.md, as they stand, give a GitHub login; and
+    a host without visible GPUs gets the preflight message in `make up`'s output."""
     settings = {}
-    for line in _readme_block("Switching to OAuth").splitlines():
+    for line in _doc_block("docs/authentication.md", "Switching to OAuth").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition("=")
             settings[key.strip()] = value.strip()

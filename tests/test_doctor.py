@@ -18,7 +18,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from harness import REPO, TEST_NETWORK, versions
+from harness import REPO, TEST_NETWORK, nvidia_driver_registered, versions
 
 from spawner import doctor
 from spawner.__main__ import main as spawner_main
@@ -256,3 +256,17 @@ def test_doctor_reports_a_missing_nvidia_driver(engine_without_nvidia: str) -> N
     assert "NVIDIA Container Toolkit" in result.stdout
     assert statuses["network"] == [FAIL]  # compose would create it
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.docker
+def test_failed_gpu_probes_leave_no_container(engine_without_nvidia: str) -> None:
+    """The tests' own probe and the doctor's both fail on an engine without the NVIDIA
+    driver, and both remove what they created (a failed start leaves a "created" one)."""
+    client = docker.DockerClient(base_url=engine_without_nvidia, version="auto", timeout=60)
+    try:
+        assert nvidia_driver_registered(client, versions()["NOTEBOOK_CPU_IMAGE"]) is False
+        row = doctor.probe_nvidia_driver(client.api, versions()["NOTEBOOK_CPU_IMAGE"], "0")
+        assert row.status == FAIL, row
+        assert client.containers.list(all=True) == []
+    finally:
+        client.close()

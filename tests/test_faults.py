@@ -14,15 +14,15 @@ import time
 from typing import Any
 
 import docker
+import engine
 import pytest
 import requests
 from faults import (
+    SocketRelay,
     docker_daemon_stopped,
     docker_events,
     reconnect,
     record_figures,
-    require_docker_lock,
-    wait_until_engine_is_ours,
 )
 from harness import container_env, wait_for
 
@@ -206,10 +206,26 @@ def test_dead_containers_are_noticed_while_the_hub_runs_and_while_it_is_down(
     assert figures["gpus_freed_after_restart"] == 2
 
 
-def test_docker_daemon_restart_under_a_running_hub(start_hub, docker_client) -> None:
-    require_docker_lock()
+def test_docker_daemon_restart_under_a_running_hub(start_hub, docker_client, tmp_path) -> None:
+    """dockerd restarts for real while the hub runs; the hub reaches it through a relay that
+    the test cuts first, so the outage as the hub sees it begins before any container dies
+    (without it, a poll in dockerd's last second of API could truthfully see one exit)."""
+    relay = SocketRelay(tmp_path / "hub-docker.sock")
+    relay.open()
+    try:
+        _docker_daemon_restart(start_hub, docker_client, relay)
+    finally:
+        relay.close()
+
+
+def _docker_daemon_restart(start_hub, docker_client, relay: SocketRelay) -> None:
     hub = start_hub(
-        env={"GPUWS_GPU_INVENTORY": "2", "GPUWS_GPU_WAIT_TIMEOUT": "0"}, extra_config=FAST_POLL
+        env={
+            "GPUWS_GPU_INVENTORY": "2",
+            "GPUWS_GPU_WAIT_TIMEOUT": "0",
+            "DOCKER_HOST": relay.docker_host,
+        },
+        extra_config=FAST_POLL,
     )
     plan = {"dr-gpu": "gpu-1", "dr-cpu": "cpu"}
     _spawn_all(hub, plan)
@@ -218,11 +234,11 @@ def test_docker_daemon_restart_under_a_running_hub(start_hub, docker_client) -> 
     }
     tokens = {user: hub.user_token(user) for user in plan}
     browser = hub.login("dr-viewer")
-    wait_until_engine_is_ours(docker_client, hub.prefix, timeout=300)
 
     pages: dict[str, int] = {}
+    relay.close()  # from here on the hub cannot reach Docker
+    outage_started = time.monotonic()
     with docker_daemon_stopped() as daemon:
-        outage_started = time.monotonic()
         # a poll ran while Docker was down, and kept the servers
         wait_for(
             lambda: (
@@ -237,8 +253,9 @@ def test_docker_daemon_restart_under_a_running_hub(start_hub, docker_client) -> 
         during = hub.request_spawn("dr-late", {"profile": "cpu"})
         kept_during_outage = _ready_servers(hub, list(plan))
         daemon.start()
-        outage_seconds = time.monotonic() - outage_started
     reconnect(docker_client)
+    relay.open()  # the hub sees Docker again
+    outage_seconds = time.monotonic() - outage_started
 
     # live-restore off: the containers died with the daemon; each server is either back with
     # its container and GPUs, or marked stopped (and its container gone)
@@ -324,7 +341,7 @@ def test_hub_started_while_docker_is_unreachable_keeps_its_servers(
     during = hub.request_spawn("du-new", {"profile": "cpu"})
 
     before[("du-c", "")].kill()  # dies while the hub cannot see Docker
-    socket.symlink_to("/var/run/docker.sock")  # Docker answers again
+    socket.symlink_to(engine.SOCKET)  # Docker answers again
     hub.wait_gone("du-c", timeout=60)
     hub.spawn("du-new", {"profile": "gpu-1"})
     after = _containers(hub, docker_client)

@@ -23,6 +23,7 @@ if ! python3 -m venv /opt/venv >/dev/null 2>&1; then
 fi
 command -v tini >/dev/null 2>&1 || apt_pkgs="${apt_pkgs} tini"
 if [ -n "${apt_pkgs}" ]; then
+    # shellcheck disable=SC2086  # a list of package names: split on purpose
     if command -v apt-get >/dev/null 2>&1 \
         && apt-get update -q \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ${apt_pkgs}; then
