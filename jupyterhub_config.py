@@ -95,6 +95,11 @@ c.GPUDockerSpawner.gpu_inventory = inventory = env_json_or_text("GPUWS_GPU_INVEN
 # A YAML/JSON list of profiles; default: CPU, 1 GPU, 2 GPUs (those the host can serve).
 c.GPUDockerSpawner.profiles = profiles_from_env("GPUWS_PROFILES_FILE", inventory=inventory)
 c.GPUDockerSpawner.gpu_wait_timeout = env_number("GPUWS_GPU_WAIT_TIMEOUT", 300.0)
+# device-requests (--gpus), nvidia-runtime (nvidia-docker2 hosts) or cdi (Docker 25+).
+c.GPUDockerSpawner.gpu_mechanism = env_str("GPUWS_GPU_MECHANISM", "device-requests")
+c.GPUDockerSpawner.gpu_queue_limit_per_user = int(env_number("GPUWS_GPU_QUEUE_LIMIT", 1) or 0)
+# Named servers, when an admin turns them on, are capped so one user cannot fill the queue.
+c.JupyterHub.named_server_limit_per_user = int(env_number("GPUWS_NAMED_SERVER_LIMIT", 3) or 0)
 quota = env_number("GPUWS_GPU_QUOTA_PER_USER", None)
 c.GPUDockerSpawner.gpu_quota_per_user = None if quota is None else int(quota)
 if (shm := env_size("GPUWS_DEFAULT_SHM_SIZE")) is not None:

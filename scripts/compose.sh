@@ -23,6 +23,14 @@ fi
 export GPUWS_DOCKER_SOCKET
 # Stable project name whatever the checkout folder is called.
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-gpu-workspaces}"
+# A second stack on the same engine (another project name, e.g. a staging hub) gets its own
+# container names, homes, network and hub state by default, never the first stack's.
+if [[ "$COMPOSE_PROJECT_NAME" != gpu-workspaces ]]; then
+    export GPUWS_CONTAINER_PREFIX="${GPUWS_CONTAINER_PREFIX:-$COMPOSE_PROJECT_NAME}"
+    export GPUWS_HOME_VOLUME="${GPUWS_HOME_VOLUME:-$COMPOSE_PROJECT_NAME-home-{username\}}"
+    export GPUWS_NETWORK="${GPUWS_NETWORK:-$COMPOSE_PROJECT_NAME}"
+    export GPUWS_HUB_STATE_VOLUME="${GPUWS_HUB_STATE_VOLUME:-$COMPOSE_PROJECT_NAME-hub-state}"
+fi
 # A `compose build` uses the base that scripts/build-images.sh chose last time.
 if [[ -z "${HUB_BASE_IMAGE:-}" ]]; then
     HUB_BASE_IMAGE="${BASE_IMAGE:-}"

@@ -14,29 +14,43 @@ State kept in the hub database (``get_state``), in addition to DockerSpawner's a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import copy
 from collections.abc import Callable, Collection
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import docker
 import requests
 from dockerspawner import DockerSpawner
-from traitlets import Bool, Int, List, TraitError, Unicode, Union, default, validate
+from traitlets import Bool, Enum, Int, List, TraitError, Unicode, Union, default, validate
 
 from . import hardening
-from .allocator import AllocationError
-from .devices import build_device_request, claimed_gpus
+from .allocator import AllocationError, QuotaExceeded
+from .devices import (
+    GPU_MECHANISMS,
+    ClaimedGPUs,
+    build_device_request,
+    claimed_gpus,
+    mechanism_host_config,
+)
 from .errors import WorkspaceError
 from .inventory import Inventory, InventoryError, discover_nvml, parse_static_inventory
 from .metrics import count_allocation, register_pools, timed_gpu_wait
 from .names import escape_name
-from .pool import GPUPool, Observation, Quota
+from .pool import GPUPool, Observation, QueueLimitReached, Quota
 from .reclaim import reclaimer
-from .workspace import GPUAvailability, WorkspaceMixin
+from .workspace import LABEL_PREFIX_NAME, GPUAvailability, WorkspaceMixin
 
 _INVENTORIES: dict[str, Inventory] = {}
 _POOLS: dict[tuple[str, tuple[str, ...]], GPUPool] = {}
+# What each container on an engine holds, by container id (inspected once), per pool key.
+_CLAIM_CACHES: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+# How often a spawn tries other GPUs after another hub's container got its GPUs first.
+GPU_RACE_ATTEMPTS = 3
+# Clean-ups of cancelled spawns still running (a reference, so none is collected early).
+_CLEANUPS: set[asyncio.Future[None]] = set()
 register_pools(_POOLS.values)  # the pool gauges on /hub/metrics
 
 
@@ -78,6 +92,14 @@ def _host_pid_max() -> int | None:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
+
+
+def _created_ns(created: str) -> int:
+    """``docker inspect``'s ``Created`` (RFC 3339, up to 9 fraction digits) in nanoseconds."""
+    stamp, _, rest = created.partition(".")
+    fraction = "".join(ch for ch in rest if ch.isdigit())[:9].ljust(9, "0")
+    seconds = datetime.fromisoformat(stamp.rstrip("Z") + "+00:00").timestamp()
+    return int(seconds) * 1_000_000_000 + int(fraction or 0)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +146,23 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             except InventoryError as e:
                 raise TraitError(str(e)) from None
         return value
+
+    gpu_mechanism = Enum(
+        list(GPU_MECHANISMS),
+        default_value="device-requests",
+        config=True,
+        help="""How a GPU server gets its GPUs from Docker (every way, the container also
+        carries ``NVIDIA_VISIBLE_DEVICES`` set to exactly its GPU ids):
+
+        - ``device-requests`` (default): a device request to Docker's nvidia driver, as
+          ``docker run --gpus device=0`` does (NVIDIA Container Toolkit hosts);
+        - ``nvidia-runtime``: the container runs under the ``nvidia`` runtime and the ids go
+          in ``NVIDIA_VISIBLE_DEVICES`` (nvidia-docker2 hosts, ``--runtime=nvidia``);
+        - ``cdi``: a CDI device request, ``nvidia.com/gpu=<id>`` (Docker 25 and later with
+          CDI enabled, the way NVIDIA now documents).
+
+        ``python -m spawner doctor`` tells which one a host supports.""",
+    )
 
     # -- network, ports, readiness, hardening --------------------------------------------
 
@@ -254,7 +293,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         inventory = await self.gpu_inventory_resolved()
         key = (str(self.client.base_url), inventory.ids())
         if key not in _POOLS:
-            claims_cache: dict[str, Any] = {}
+            claims_cache = _CLAIM_CACHES.setdefault(key, {})
 
             def observe_running_claims() -> Observation:
                 return self._observe_running_claims(inventory, claims_cache)
@@ -266,29 +305,47 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             _POOLS[key] = GPUPool(inventory, observe)
         return _POOLS[key]
 
-    def _observe_running_claims(self, inventory: Inventory, cache: dict[str, Any]) -> Observation:
-        """GPU ids held by every live container on the engine, ours or started by hand.
+    def _live_containers(self) -> list[dict[str, Any]]:
+        # "created": a container whose start is still under way (or that someone created
+        # and will start) is given its GPUs at start, so it holds them already.
+        live: list[dict[str, Any]] = self.client.containers(
+            filters={"status": ["created", "running", "paused", "restarting"]}
+        )
+        return live
 
-        Device requests never change after create, so each container is inspected once.
-        """
-        live = self.client.containers(filters={"status": ["running", "paused", "restarting"]})
+    def _claim_of(self, container_id: str, cache: dict[str, Any]) -> ClaimedGPUs | None:
+        """What a container holds (None: it is gone); device requests never change after
+        create, so each container is inspected once."""
+        claim: ClaimedGPUs | None = cache.get(container_id)
+        if claim is not None:
+            return claim
+        if "default_runtime" not in cache:
+            cache["default_runtime"] = str(self.client.info().get("DefaultRuntime") or "runc")
+        try:
+            info = self.client.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        claim = claimed_gpus(
+            info.get("HostConfig") or {},
+            info["Config"].get("Env"),
+            default_runtime=cache["default_runtime"],
+        )
+        cache[container_id] = claim
+        return claim
+
+    def _observe_running_claims(self, inventory: Inventory, cache: dict[str, Any]) -> Observation:
+        """GPU ids held by every live container on the engine, ours or started by hand."""
         busy: set[str] = set()
         seen: set[str] = set()
         names: set[str] = set()
-        for summary in live:
+        for summary in self._live_containers():
             container_id = summary["Id"]
             seen.add(container_id)
             names.update(name.lstrip("/") for name in summary.get("Names") or [])
-            claim = cache.get(container_id)
-            if claim is None:
-                try:
-                    info = self.client.inspect_container(container_id)
-                except docker.errors.NotFound:
-                    continue
-                claim = claimed_gpus(info.get("HostConfig") or {}, info["Config"].get("Env"))
-                cache[container_id] = claim
-            busy |= inventory.resolve_claim(claim)
-        for gone in set(cache) - seen:
+            claim = self._claim_of(container_id, cache)
+            if claim is not None:
+                busy |= inventory.resolve_claim(claim)
+        for gone in set(cache) - seen - {"default_runtime"}:
             del cache[gone]
         return Observation(frozenset(busy), frozenset(names))
 
@@ -357,7 +414,9 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         ``gpu_ids`` are the allocated ids (None: use the static request as configured).
         Admin ``extra_host_config`` is merged on top, so each default stays overridable.
         """
-        if gpu_ids:
+        if gpu_ids and self.gpu_mechanism != "device-requests":
+            request = None
+        elif gpu_ids:
             request = build_device_request(
                 device_ids=list(gpu_ids), capabilities=self.gpu_capabilities
             )
@@ -392,9 +451,78 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             # Plain snake_case dicts: DockerSpawner re-renders this fragment as templates,
             # which would turn docker-py's dict subclasses into unusable CamelCase dicts.
             config["device_requests"] = [request]
+        if gpu_ids:
+            config.update(mechanism_host_config(self.gpu_mechanism, list(gpu_ids)))
         return config
 
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if self.gpu_ids:
+            # Whatever the mechanism: what the runtime hands over and what a hub reads from
+            # the container (an image may say NVIDIA_VISIBLE_DEVICES=all) agree.
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)
+        return env
+
     async def create_object(self) -> dict[str, Any]:
+        """Create the container; with GPUs, make sure no other hub's container got them first.
+
+        Two hubs on one engine each keep their own ledger and see the other's claim only once
+        its container exists. So after creating ours (not yet started), the GPUs are checked
+        against every other container: if one created earlier (ties: the smaller id) claims
+        any of them, ours is removed and other GPUs are claimed. Both hubs apply the same
+        rule, so exactly one container of such a pair keeps a GPU, and it starts alone.
+        """
+        for _ in range(GPU_RACE_ATTEMPTS):
+            obj = await self._create_container()
+            if not self.gpu_ids:
+                return obj
+            inventory = await self.gpu_inventory_resolved()
+            loop = asyncio.get_running_loop()
+            rival = await loop.run_in_executor(
+                self.executor, self._older_rival, inventory, obj["Id"]
+            )
+            if rival is None:
+                return obj
+            self.log.warning(
+                "GPU %s of %s also went to container %s, created before ours by another hub; "
+                "trying other GPUs",
+                ",".join(self.gpu_ids),
+                self._log_name,
+                rival,
+            )
+            await self.docker("remove_container", obj["Id"], force=True)
+            self._release_gpus()
+            self.gpu_ids = await self._claim_gpus()
+            self._report(f"Assigned GPU {', '.join(self.gpu_ids)}", progress=35)
+        raise WorkspaceError(
+            "The GPUs this server was given were taken by another hub on this Docker engine, "
+            f"{GPU_RACE_ATTEMPTS} times in a row. Nothing was started; try again.",
+            reason="gpu-unavailable",
+            status_code=503,
+        )
+
+    def _older_rival(self, inventory: Inventory, own_id: str) -> str | None:
+        """The name of a container created before ``own_id`` that claims one of our GPUs."""
+        ours = inventory.canonical(self.gpu_ids)
+        cache = _CLAIM_CACHES.setdefault((str(self.client.base_url), inventory.ids()), {})
+        own_key: tuple[int, str] | None = None
+        for summary in self._live_containers():
+            claim = self._claim_of(summary["Id"], cache)
+            if summary["Id"] == own_id or claim is None:
+                continue
+            if not ours & inventory.resolve_claim(claim):
+                continue
+            try:
+                info = self.client.inspect_container(summary["Id"])
+            except docker.errors.NotFound:
+                continue
+            if own_key is None:
+                own_key = (_created_ns(self.client.inspect_container(own_id)["Created"]), own_id)
+            if (_created_ns(info["Created"]), info["Id"]) < own_key:
+                return str(info["Name"]).lstrip("/")
+        return None
+
+    async def _create_container(self) -> dict[str, Any]:
         admin_host_config = self._eval_if_callable(self.extra_host_config)
         if asyncio.iscoroutine(admin_host_config):
             admin_host_config = await admin_host_config
@@ -473,10 +601,17 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
                         report=report,
                         server=self.name,
                         profile=self.profile_slug,
+                        max_waiting_per_user=self.gpu_queue_limit_per_user or None,
                     )
                 count_allocation(self.profile_slug)
             except AllocationError as e:
-                status = 403 if type(e).__name__ == "QuotaExceeded" else 503
+                # quotas (a user's or a group's) are refusals, not a shortage
+                if isinstance(e, QuotaExceeded):
+                    status = 403
+                elif isinstance(e, QueueLimitReached):
+                    status = 429
+                else:
+                    status = 503
                 raise WorkspaceError(str(e), reason="gpu-unavailable", status_code=status) from None
             return list(ids)
         wanted = pool.inventory.ids() if self.all_gpus else self.gpu_device_ids
@@ -494,6 +629,58 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         count_allocation(self.profile_slug)
         return list(ids)
 
+    def docker(self, method: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """DockerSpawner's Docker call in a worker thread, remembered until the thread ends.
+
+        Cancelling the awaiting coroutine does not stop the thread: a ``create`` or ``start``
+        can still land after a spawn was cancelled, so the clean-up waits for these.
+        """
+        future = self.executor.submit(self._docker, method, *args, **kwargs)
+        calls = self._calls_in_threads()
+        calls.add(future)
+        future.add_done_callback(calls.discard)
+        return asyncio.wrap_future(future)
+
+    def _calls_in_threads(self) -> set[concurrent.futures.Future[Any]]:
+        calls: set[concurrent.futures.Future[Any]] | None = self.__dict__.get("_docker_calls")
+        if calls is None:
+            calls = self.__dict__["_docker_calls"] = set()
+        return calls
+
+    def _hand_over_gpus(self) -> list[tuple[GPUPool, str]]:
+        """Move this server's claims to clean-up keys (see :meth:`GPUPool.hand_over`)."""
+        keys = [(pool, pool.hand_over(self.gpu_holder)) for pool in _POOLS.values()]
+        self.gpu_ids = []
+        return [(pool, key) for pool, key in keys if key]
+
+    async def _discard_unstarted(self, keys: list[tuple[GPUPool, str]]) -> None:
+        """After a failed or cancelled start: once the Docker calls still running in worker
+        threads are done, remove the container they may have made, then free its GPUs.
+
+        Until then the GPUs stay held, so they are never handed out while a container that
+        was given them may still appear or run.
+        """
+        if not keys:
+            return  # no GPUs at stake: the container is left as DockerSpawner leaves it
+        try:
+            pending = [asyncio.wrap_future(f) for f in list(self._calls_in_threads())]
+            if pending:
+                await asyncio.wait(pending, timeout=max(self.start_timeout, 60))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, self._remove_container_named)
+        except Exception as e:
+            # Docker's own view still counts a leftover container's GPUs as busy
+            self.log.warning("Could not remove the container of %s: %s", self._log_name, e)
+        finally:
+            for pool, key in keys:
+                released = pool.release(key)
+                if released:
+                    self.log.info("Released GPUs %s of %s", ",".join(released), self._log_name)
+
+    def _remove_container_named(self) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.remove_container(self.object_name, force=True, v=False)
+
     def _release_gpus(self) -> None:
         for pool in _POOLS.values():
             released = pool.release(self.gpu_holder)
@@ -508,6 +695,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             await self._apply_profile(self.user_options or {})
         self.check_image_allowed()
         try:
+            await self._refuse_a_foreign_container()
             self.gpu_ids = await self._claim_gpus()
             if self.gpu_ids:
                 self._report(f"Assigned GPU {', '.join(self.gpu_ids)}", progress=30)
@@ -523,13 +711,17 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             reclaimer(self.config).track(self)  # idle reclaim, busy kernels kept
             return ip_port  # type: ignore[no-any-return]
         except Exception as e:
-            self._release_gpus()
+            await self._discard_unstarted(self._hand_over_gpus())
             explained = _explain_docker_error(e)
             if explained is None:
                 raise
             raise explained from None
         except BaseException:
-            self._release_gpus()
+            # Cancelled (a stop while pending): end now, within JupyterHub's wait; the
+            # clean-up keeps the GPUs until the container is known gone.
+            cleanup = asyncio.ensure_future(self._discard_unstarted(self._hand_over_gpus()))
+            _CLEANUPS.add(cleanup)
+            cleanup.add_done_callback(_CLEANUPS.discard)
             raise
 
     async def poll(self) -> int | str | None:
@@ -546,6 +738,8 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             )
             return None
         if status is None:
+            if not self.api_token:
+                await self._recover_api_token()
             if self.gpu_ids:
                 await self._readopt_gpus()
             reclaimer(self.config).track(self)  # e.g. after a hub restart
@@ -554,6 +748,40 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             if self.gpu_ids:
                 self._release_gpus()
         return status  # type: ignore[no-any-return]
+
+    async def _refuse_a_foreign_container(self) -> None:
+        """DockerSpawner removes any container with the name it wants; never one that this
+        hub did not create (another hub's on the same engine, or one started by hand)."""
+        try:
+            info = await self.docker("inspect_container", self.object_name)
+        except docker.errors.NotFound:
+            return
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_PREFIX_NAME) != self.prefix:
+            raise WorkspaceError(
+                f"A container named {self.object_name} exists on this Docker engine that this "
+                "hub did not create (another hub's, or started by hand), so nothing was "
+                "started and that container was left alone. Tell an admin: each hub on one "
+                "engine needs its own GPUWS_CONTAINER_PREFIX.",
+                reason="name-taken",
+                status_code=409,
+            )
+
+    async def _recover_api_token(self) -> None:
+        """After a hub restart the spawner has no token: read it back from the container.
+
+        The reclaimer asks the server about busy kernels with it, and JupyterHub revokes it
+        when the server stops; without it an old token would stay valid after the stop.
+        """
+        try:
+            info = await self.get_object()
+        except Exception as e:
+            self.log.warning("Could not read the API token of %s: %s", self._log_name, e)
+            return
+        for entry in ((info or {}).get("Config") or {}).get("Env") or ():
+            name, _, value = str(entry).partition("=")
+            if name == "JUPYTERHUB_API_TOKEN" and value:
+                self.api_token = value
 
     async def _readopt_gpus(self) -> None:
         """After a hub restart the ledger is empty: take back what this server holds."""
@@ -576,6 +804,20 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             )
         except AllocationError as e:
             self.log.error("GPU conflict re-adopting %s: %s", self._log_name, e)
+
+    async def rename(self, old_name: str, new_name: str) -> None:
+        """JupyterHub 6 renames a stopped named server: refuse when a volume's name derives
+        from the server's name, since the renamed server would get a new, empty volume."""
+        templates = [*self.volumes, *self.read_only_volumes]
+        per_server = sorted(str(t) for t in templates if "{servername}" in str(t))
+        if per_server:
+            raise WorkspaceError(
+                f"Server {old_name!r} cannot be renamed: its volume {per_server[0]} is named "
+                "after the server, so the new name would start with a new, empty one. "
+                "Nothing was changed.",
+                reason="rename",
+                status_code=400,
+            )
 
     async def stop(self, now: bool = False) -> None:
         reclaimer(self.config).untrack(self)

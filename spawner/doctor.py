@@ -432,7 +432,14 @@ class Doctor:
             )
             return
         device = next((g.id for g in self.inventory or ()), "0")
-        self.add(probe_nvidia_driver(self.client, image, device))
+        driver = self.add(probe_nvidia_driver(self.client, image, device))
+        try:
+            info = self.client.info()
+        except Exception as e:
+            self.add(Row("gpu mechanism", WARN, f"docker info failed: {_short(e)}"))
+            return
+        supported = supported_mechanisms(info, driver.status == OK)
+        self.add(mechanism_row(str(self.spawner.gpu_mechanism), supported))
 
     def check_network(self) -> None:
         import docker
@@ -555,6 +562,30 @@ class Doctor:
                 f"{'' if culler else ' not configured'}); GPU utilisation rule {rule}",
             )
         )
+
+
+def supported_mechanisms(info: dict[str, Any], driver_ok: bool) -> list[str]:
+    """The ``gpu_mechanism`` values an engine supports, from ``docker info`` and the probe."""
+    found = ["device-requests"] if driver_ok else []
+    if "nvidia" in (info.get("Runtimes") or {}):
+        found.append("nvidia-runtime")
+    if info.get("CDISpecDirs"):  # Docker 27+ lists them when CDI is enabled
+        found.append("cdi")
+    return found
+
+
+def mechanism_row(configured: str, supported: list[str]) -> Row:
+    """Whether the configured ``gpu_mechanism`` is one the engine supports."""
+    offered = ", ".join(supported) or "none"
+    if configured in supported:
+        return Row("gpu mechanism", OK, f"{configured} (this engine supports: {offered})")
+    return Row(
+        "gpu mechanism",
+        FAIL,
+        f"{configured} is configured, but this engine supports: {offered}",
+        "Set GPUWS_GPU_MECHANISM (c.GPUDockerSpawner.gpu_mechanism) to one the engine "
+        "supports, or install the NVIDIA Container Toolkit (docs/deploy.md, GPU host wiring).",
+    )
 
 
 def probe_nvidia_driver(client: Any, image: str, device: str) -> Row:

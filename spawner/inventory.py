@@ -5,6 +5,9 @@ An :class:`Inventory` is the fixed list of devices the allocator chooses from. E
 for devices found through NVML (stable across reboots, unlike indexes), the given id for a
 static inventory. MIG devices are listed instead of the physical GPU they live on, with
 ``parent`` naming that GPU so the allocator can pack them.
+
+Containers name devices in other ways too (index, UUID in any case, ``"0:1"`` for MIG device 1
+of GPU 0); the inventory maps each of those names onto the one canonical id.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import importlib
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -33,6 +36,7 @@ STATIC_KEYS: tuple[str, ...] = (
     "uuid",
     "parent",
     "group",
+    "mig_index",
 )
 _ECHO_LIMIT = 64
 _TIMES = "\N{MULTIPLICATION SIGN}"
@@ -50,6 +54,8 @@ class GPU:
     index of the GPU they live on. ``parent`` is set for MIG devices only: the id of that
     physical GPU. ``group`` is an optional admin-given placement group (e.g. the GPUs of one
     NVLink island or NUMA node); the allocator packs requests into one group where it can.
+    ``mig_index`` is a MIG device's place among its GPU's MIG devices, as NVML enumerates them;
+    the NVIDIA toolkit and CDI name it ``"<index>:<mig_index>"``.
     """
 
     id: str
@@ -59,6 +65,9 @@ class GPU:
     uuid: str | None = None
     parent: str | None = None
     group: str | None = None
+    # Another name for the device, like its UUID, not part of what it is: left out of ==, so a
+    # GPU listed without it (a static inventory, older callers) equals the discovered one.
+    mig_index: int | None = field(default=None, compare=False)
 
     @property
     def is_mig(self) -> bool:
@@ -70,10 +79,12 @@ class GPU:
         return self.group or self.parent or self.id
 
     def aliases(self) -> frozenset[str]:
-        """Every string that names this device to Docker: id, index (whole GPUs), UUID."""
+        """Every string that names this device: id, index (MIG: ``"<index>:<mig_index>"``), UUID."""
         names = {self.id}
         if self.parent is None:
             names.add(str(self.index))
+        elif self.mig_index is not None:
+            names.add(f"{self.index}:{self.mig_index}")
         if self.uuid:
             names.add(self.uuid)
         return frozenset(names)
@@ -85,8 +96,19 @@ class GPU:
         return f"{self.name} ({format_size(self.memory_mib * MiB)})"
 
 
+def _key(alias: str) -> str:
+    """How an alias is looked up: UUIDs are hex, so ``GPU-5F3C…`` and ``gpu-5f3c…`` are one GPU.
+
+    Indexes and ``"0:1"`` MIG ids have no letters; lower-casing leaves them as they are.
+    """
+    return alias.lower()
+
+
 class Inventory:
-    """An ordered, validated set of GPUs; ordered by index, then as given."""
+    """An ordered, validated set of GPUs; ordered by index, then as given.
+
+    Aliases are matched without regard to case; outputs spell ids as the GPUs do.
+    """
 
     def __init__(self, gpus: Iterable[GPU] = ()) -> None:
         ordered = sorted(enumerate(gpus), key=lambda item: (item[1].index, item[0]))
@@ -97,14 +119,14 @@ class Inventory:
             if gpu.index < 0:
                 raise InventoryError(f"GPU '{gpu.id}': index must be ≥ 0, got {gpu.index}")
             for alias in sorted(gpu.aliases()):
-                other = self._by_alias.get(alias)
+                other = self._by_alias.get(_key(alias))
                 if other is not None and other is not gpu:
-                    if other.id == gpu.id:
+                    if _key(other.id) == _key(gpu.id):
                         raise InventoryError(f"'{alias}' is listed twice")
                     raise InventoryError(f"'{alias}' names two GPUs: '{other.id}' and '{gpu.id}'")
-                self._by_alias[alias] = gpu
+                self._by_alias[_key(alias)] = gpu
             if gpu.parent is not None:
-                for key in (gpu.parent, str(gpu.index)):
+                for key in {_key(gpu.parent), str(gpu.index)}:
                     self._by_physical.setdefault(key, []).append(gpu)
 
     def __len__(self) -> int:
@@ -114,7 +136,7 @@ class Inventory:
         return iter(self._gpus)
 
     def __contains__(self, alias: object) -> bool:
-        return isinstance(alias, str) and alias in self._by_alias
+        return isinstance(alias, str) and _key(alias) in self._by_alias
 
     def __repr__(self) -> str:
         return f"Inventory({list(self._gpus)!r})"
@@ -123,8 +145,8 @@ class Inventory:
         return isinstance(other, Inventory) and self._gpus == other._gpus
 
     def resolve(self, alias: str) -> GPU | None:
-        """The GPU that ``alias`` (id, index or UUID) names, or ``None``."""
-        return self._by_alias.get(alias)
+        """The GPU that ``alias`` (id, index, UUID in any case, MIG id) names, or ``None``."""
+        return self._by_alias.get(_key(alias))
 
     def ids(self) -> tuple[str, ...]:
         """Canonical ids, in inventory order."""
@@ -137,18 +159,20 @@ class Inventory:
     def resolve_claim(self, claimed: ClaimedGPUs) -> frozenset[str]:
         """Canonical ids of the devices a container's claim covers.
 
-        ``all`` covers every device. Each claimed id covers the device it names; a claim on a
-        physical GPU that is in MIG mode (by index or UUID) covers all of its MIG devices.
-        Ids this inventory does not know are ignored.
+        ``all`` covers every device. Each claimed id covers the device it names (index, UUID in
+        any case, MIG UUID, ``"0:1"`` MIG id); a claim on a physical GPU that is in MIG mode (by
+        index or UUID) covers all of its MIG devices. Ids this inventory does not know are
+        ignored.
         """
         if claimed.all:
             return frozenset(self.ids())
         covered: set[str] = set()
         for alias in claimed.ids:
-            gpu = self._by_alias.get(alias)
+            key = _key(alias)
+            gpu = self._by_alias.get(key)
             if gpu is not None:
                 covered.add(gpu.id)
-            covered.update(child.id for child in self._by_physical.get(alias, ()))
+            covered.update(child.id for child in self._by_physical.get(key, ()))
         return frozenset(covered)
 
     def describe(self) -> str:
@@ -197,6 +221,7 @@ def _mig_name(nvml: ModuleType, handle: object, parent_name: str) -> str:
 def _mig_devices(nvml: ModuleType, handle: object, parent: GPU) -> list[GPU]:
     devices: list[GPU] = []
     not_found = getattr(nvml, "NVML_ERROR_NOT_FOUND", 6)
+    # MIG indexes count the devices found, as go-nvlib (nvidia-ctk's CDI names) numbers them
     for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
         try:
             mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
@@ -213,6 +238,7 @@ def _mig_devices(nvml: ModuleType, handle: object, parent: GPU) -> list[GPU]:
                 memory_mib=int(nvml.nvmlDeviceGetMemoryInfo(mig).total) // MiB,
                 uuid=uuid,
                 parent=parent.id,
+                mig_index=len(devices),
             )
         )
     return devices
@@ -362,6 +388,13 @@ def _entry(item: Mapping[Any, Any], where: str, position: int, errors: list[str]
         errors.append(
             f"{where}: field 'parent': only MIG devices (ids 'MIG-…') live on a parent GPU"
         )
+    mig_index: int | None = None
+    if "mig_index" in item:
+        mig_index = _positive_int(
+            item["mig_index"], f"{where}: field 'mig_index'", errors, minimum=0
+        )
+        if "parent" not in item:
+            errors.append(f"{where}: field 'mig_index': only MIG devices (with 'parent') have one")
     if len(errors) > before or ident is None or index is None:
         return None
     return GPU(
@@ -372,6 +405,7 @@ def _entry(item: Mapping[Any, Any], where: str, position: int, errors: list[str]
         uuid=uuid,
         parent=fields.get("parent"),
         group=fields.get("group"),
+        mig_index=mig_index,
     )
 
 
@@ -464,7 +498,8 @@ def parse_static_inventory(value: object, *, option: str) -> Inventory:
     - a list of ids: ``["0", "1"]``, ``["GPU-…", "GPU-…"]`` (ints are taken as indexes);
     - a list of mappings with the keys of :data:`STATIC_KEYS`, e.g.
       ``{"id": "GPU-…", "name": "A100", "memory": "80g", "group": "nvlink-0"}``
-      (``memory_mib`` instead of ``memory`` also works);
+      (``memory_mib`` instead of ``memory`` also works; a MIG device, with ``parent``, may give
+      its ``mig_index`` so that ``"<index>:<mig_index>"`` claims find it);
     - a string: a count (``"4"``), ids (``"0,1,2,3"``, ``"GPU-aaa,GPU-bbb"``) or JSON text of
       any of the above.
 

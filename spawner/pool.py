@@ -34,6 +34,14 @@ class GPUWaitTimeout(AllocationError):
     """No GPU became free while the request waited in the queue."""
 
 
+class QueueLimitReached(AllocationError):
+    """The user already has as many GPU requests waiting as one person may."""
+
+
+def _gpus(n: int) -> str:
+    return "1 GPU is" if n == 1 else f"{n} GPUs are"
+
+
 class GroupQuotaExceeded(QuotaExceeded):
     """The members of a group together would hold more GPUs than the group may."""
 
@@ -137,25 +145,64 @@ class GPUPool:
         # Holders whose container is up; only these may be reconciled away when Docker no
         # longer shows them (a holder still being created must keep its claim).
         self._running: set[str] = set()
+        # When each holder was marked running, on a counter that every mark advances: an
+        # observation may only drop holders marked before it began.
+        self._marks = 0
+        self._marked_at: dict[str, int] = {}
+        self._handovers = 0
 
     # -- what is busy ---------------------------------------------------------------------
 
-    async def _external_busy(self) -> frozenset[str]:
+    async def _external_busy(self, *, reconcile: bool = True) -> frozenset[str]:
         """Ids that live containers hold according to Docker, mapped onto the inventory.
 
-        Also frees the claims of running servers whose container is gone (killed, removed
-        or died behind the hub's back), so their GPUs return before the next poll.
+        With ``reconcile`` (placements, under the lock) it also frees the claims of running
+        servers whose container Docker no longer lists (killed, removed or died behind the
+        hub's back), so their GPUs return before the next poll. The ledger stays the truth
+        for this hub's own holders: only a holder marked running before this observation
+        began can be dropped, never one claimed or marked while Docker was being read.
         """
+        began = self._marks
         observation = await self._observe()
-        for holder in sorted(self._running - observation.live):
-            self.release(holder)
+        if reconcile:
+            for holder in sorted(self._running - observation.live):
+                if self._marked_at.get(holder, began + 1) <= began:
+                    self.release(holder)
         self._observed = observation.busy
         return self._observed
 
     def mark_running(self, holder: str) -> None:
         """The holder's container is up: from now on Docker's view decides its claim."""
         if self.ledger.held_by(holder):
+            self._marks += 1
+            self._marked_at[holder] = self._marks
             self._running.add(holder)
+
+    def hand_over(self, holder: str) -> str:
+        """Move ``holder``'s claim to a new, unique key and return it; the GPUs stay held.
+
+        For a spawn that failed or was cancelled while its container may still exist: the
+        clean-up that removes the container releases the returned key afterwards, and the
+        server itself can start again at once under its own key.
+        """
+        ids = self.ledger.held_by(holder)
+        if not ids:
+            return ""
+        self._handovers += 1
+        key = f"{holder}#cleanup-{self._handovers}"
+        holding = self._holdings.pop(holder, None)
+        owner = self._owners.pop(holder, None)
+        self._running.discard(holder)
+        self._marked_at.pop(holder, None)
+        self.ledger.release(holder)
+        self.ledger.restore(key, ids)
+        if owner is not None:
+            self._owners[key] = owner
+        if holding is not None:
+            self._holdings[key] = Holding(
+                key, holding.user, holding.server, holding.profile, holding.since, holding.ids
+            )
+        return key
 
     def snapshot(self) -> PoolSnapshot:
         """Free/total as last seen; cheap, for rendering a page."""
@@ -188,8 +235,9 @@ class GPUPool:
         return PoolView(tuple(gpus), queue)
 
     async def refresh(self) -> PoolSnapshot:
-        """Ask Docker again, then return the snapshot."""
-        await self._external_busy()
+        """Ask Docker again, then return the snapshot; never releases anything (the spawn
+        form and the dashboard call it outside the lock)."""
+        await self._external_busy(reconcile=False)
         return self.snapshot()
 
     def held_by_user(self, user: str) -> int:
@@ -233,13 +281,25 @@ class GPUPool:
         report: WaitReport | None = None,
         server: str = "",
         profile: str = "",
+        max_waiting_per_user: int | None = None,
     ) -> tuple[str, ...]:
         """Claim ``count`` GPUs for ``holder``, waiting first-come-first-served up to ``timeout``.
 
+        The queue is strict FIFO: a request never overtakes the one at its head, even when
+        enough GPUs for it are free (so a large request is never starved by small ones).
         ``report(ahead, count)`` is called whenever the wait state changes, so the spawn
         progress page can say how many requests are ahead. Quotas are checked under the lock,
-        so two concurrent spawns of one user cannot both slip under the limit.
+        so two concurrent spawns of one user cannot both slip under the limit. A user already
+        waiting ``max_waiting_per_user`` times is refused at once (QueueLimitReached).
         """
+        if max_waiting_per_user is not None and timeout > 0:
+            waiting = sum(t.user == user for t in self._queue)
+            if waiting >= max_waiting_per_user:
+                raise QueueLimitReached(
+                    f"You already have {waiting} GPU request{'s' if waiting != 1 else ''} "
+                    f"waiting, the most one person may have (gpu_queue_limit_per_user = "
+                    f"{max_waiting_per_user}). Nothing was started; wait for it, or stop it."
+                )
         ticket = _Ticket(holder, count, user=user, server=server, profile=profile)
         self._queue.append(ticket)
         deadline = time.monotonic() + max(timeout, 0.0)
@@ -270,25 +330,36 @@ class GPUPool:
                 if remaining <= 0:
                     if shortage is not None and timeout <= 0:
                         raise shortage
-                    raise GPUWaitTimeout(self._timeout_message(count, timeout))
+                    raise GPUWaitTimeout(self._timeout_message(count, timeout, ticket))
                 ahead = self._queue.index(ticket)
                 if report is not None and ahead != last_reported:
                     report(ahead, count)
                     last_reported = ahead
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn a cancel that
+                # lands as its own timeout fires into a TimeoutError, and a cancelled spawn
+                # (a stop while it waits) would go on waiting in the queue.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        changed.wait(), timeout=min(remaining, self._recheck_interval)
-                    )
+                    async with asyncio.timeout(min(remaining, self._recheck_interval)):
+                        await changed.wait()
         finally:
             self._queue.remove(ticket)
             self._notify()
 
-    def _timeout_message(self, count: int, timeout: float) -> str:
+    def _timeout_message(self, count: int, timeout: float, ticket: _Ticket) -> str:
         plural = "GPU" if count == 1 else "GPUs"
         if timeout <= 0:
             return (
                 f"No {count} {plural} free right now and this hub does not queue GPU requests. "
                 "Nothing was started; try again later or pick a smaller profile."
+            )
+        free = self.ledger.free_count(external=self._observed)
+        ahead = [t for t in self._queue[: self._queue.index(ticket)] if t.count > free]
+        if free >= count and ahead:
+            head = ahead[0]
+            return (
+                f"{_gpus(free)} free, but held for the {head.count}-GPU request ahead of you "
+                f"(requests are served in order), and none went to you within {timeout:g} "
+                "seconds. Nothing was started; try again later."
             )
         return (
             f"No {count} {plural} became free within {timeout:g} seconds "
@@ -340,6 +411,7 @@ class GPUPool:
         self._owners.pop(holder, None)
         self._holdings.pop(holder, None)
         self._running.discard(holder)
+        self._marked_at.pop(holder, None)
         ids = self.ledger.release(holder)
         if ids:
             self._observed = self._observed - frozenset(ids)
@@ -379,6 +451,7 @@ __all__ = [
     "Observation",
     "PoolSnapshot",
     "PoolView",
+    "QueueLimitReached",
     "Quota",
     "Waiting",
 ]

@@ -170,6 +170,13 @@ class WorkspaceMixin(LoggingConfigurable):
         help="""Seconds a spawn waits in the first-come-first-served queue for GPUs to become
         free before it is refused. 0: fail at once when no GPU is free.""",
     )
+    gpu_queue_limit_per_user = Int(
+        1,
+        min=0,
+        config=True,
+        help="""Most GPU requests one user may have waiting in the queue at once (their named
+        servers included); one more is refused at once with a sentence. 0: no limit.""",
+    )
     gpu_quota_per_user = Int(
         None,
         allow_none=True,

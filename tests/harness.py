@@ -102,10 +102,20 @@ def hook_calls_for(container_id: str) -> list[dict[str, Any]]:
     return calls
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1, never one this process handed out before: the kernel may
+    offer a just-closed port again, and a hub's proxy port and proxy API port once came out
+    the same (EADDRINUSE)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
 
 
 def container_env(client: docker.DockerClient, container_id: str) -> dict[str, str]:

@@ -1,3 +1,4 @@
+import json
 from typing import Any
 
 import pytest
@@ -9,12 +10,134 @@ from spawner.devices import (
     DeviceRequestError,
     build_device_request,
     claimed_gpus,
+    mechanism_host_config,
     parse_capabilities,
     validate_device_id,
 )
 
 UUID = "GPU-8e5f2b1c-3d4a-4b6c-9e8f-0a1b2c3d4e5f"
 MIG_UUID = "MIG-4f1d2c3b-5a6e-5f7d-8c9b-0a1b2c3d4e5f"
+
+# HostConfig fragments of `docker inspect`, as Docker 25-28 writes them, by what was run.
+# Docker 20.10 (the engine used here) cannot create CDI device requests, so these documents are
+# hand-written from Docker's documented format: the CLI turns each `--device vendor/class=name`
+# into one DeviceRequest with Driver "cdi" and the names as DeviceIDs, `--device /dev/x` into a
+# Devices entry, `--gpus` into a request with Capabilities [["gpu"]].
+INSPECTED: dict[str, dict[str, Any]] = {
+    name: json.loads(text)
+    for name, text in {
+        # docker run --device nvidia.com/gpu=0
+        "cdi-index": """{
+            "Runtime": "runc", "Privileged": false, "Devices": [], "DeviceCgroupRules": null,
+            "DeviceRequests": [{"Driver": "cdi", "Count": 0,
+                "DeviceIDs": ["nvidia.com/gpu=0"], "Capabilities": null, "Options": null}]
+        }""",
+        # docker run --device nvidia.com/gpu=GPU-8e5f… --device nvidia.com/gpu=MIG-4f1d…
+        "cdi-uuids": f"""{{
+            "Runtime": "runc", "Privileged": false, "Devices": [], "DeviceCgroupRules": null,
+            "DeviceRequests": [{{"Driver": "cdi", "Count": 0,
+                "DeviceIDs": ["nvidia.com/gpu={UUID}", "nvidia.com/gpu={MIG_UUID}"],
+                "Capabilities": null, "Options": null}}]
+        }}""",
+        # docker run --device nvidia.com/gpu=0:1 (MIG device 1 of GPU 0)
+        "cdi-mig-index": """{
+            "Runtime": "runc", "Devices": [],
+            "DeviceRequests": [{"Driver": "cdi", "Count": 0,
+                "DeviceIDs": ["nvidia.com/gpu=0:1"], "Capabilities": null, "Options": null}]
+        }""",
+        # docker run --device nvidia.com/mig=1:0
+        "cdi-mig-kind": """{
+            "Runtime": "runc", "Devices": [],
+            "DeviceRequests": [{"Driver": "cdi", "Count": 0,
+                "DeviceIDs": ["nvidia.com/mig=1:0"], "Capabilities": null, "Options": null}]
+        }""",
+        # docker run --device nvidia.com/gpu=all
+        "cdi-all": """{
+            "Runtime": "runc", "Devices": [],
+            "DeviceRequests": [{"Driver": "cdi", "Count": 0,
+                "DeviceIDs": ["nvidia.com/gpu=all"], "Capabilities": null, "Options": null}]
+        }""",
+        # specs from nvidia-ctk cdi generate --device-name-strategy=type-index
+        "cdi-type-index": """{
+            "Runtime": "runc", "Devices": [],
+            "DeviceRequests": [{"Driver": "cdi", "Count": 0,
+                "DeviceIDs": ["nvidia.com/gpu=gpu2", "nvidia.com/gpu=mig0:1"],
+                "Capabilities": null, "Options": null}]
+        }""",
+        # other vendors' CDI devices next to an NVIDIA one
+        "cdi-vendors": """{
+            "Runtime": "runc", "Devices": [],
+            "DeviceRequests": [{"Driver": "cdi", "Count": 0,
+                "DeviceIDs": ["amd.com/gpu=all", "vendor1.com/device=foo", "nvidia.com/gpu=3"],
+                "Capabilities": null, "Options": null}]
+        }""",
+        "cdi-other-vendor": """{
+            "Runtime": "runc", "Devices": [],
+            "DeviceRequests": [{"Driver": "cdi", "Count": 0,
+                "DeviceIDs": ["amd.com/gpu=0", "intel.com/gpu=all"],
+                "Capabilities": null, "Options": null}]
+        }""",
+        # docker run --gpus 1 --device nvidia.com/gpu=2
+        "gpus-and-cdi": """{
+            "Runtime": "runc", "Devices": [],
+            "DeviceRequests": [
+                {"Driver": "", "Count": 1, "DeviceIDs": null,
+                    "Capabilities": [["gpu"]], "Options": {}},
+                {"Driver": "cdi", "Count": 0, "DeviceIDs": ["nvidia.com/gpu=2"],
+                    "Capabilities": null, "Options": null}]
+        }""",
+        # docker run --device /dev/nvidia3 --device /dev/nvidiactl --device /dev/nvidia-uvm
+        #   --device /dev/nvidia-uvm-tools --device /dev/nvidia-modeset
+        "device-nodes": """{
+            "Runtime": "runc", "DeviceRequests": null, "DeviceCgroupRules": null,
+            "Devices": [
+                {"PathOnHost": "/dev/nvidia3", "PathInContainer": "/dev/nvidia3",
+                    "CgroupPermissions": "rwm"},
+                {"PathOnHost": "/dev/nvidiactl", "PathInContainer": "/dev/nvidiactl",
+                    "CgroupPermissions": "rwm"},
+                {"PathOnHost": "/dev/nvidia-uvm", "PathInContainer": "/dev/nvidia-uvm",
+                    "CgroupPermissions": "rwm"},
+                {"PathOnHost": "/dev/nvidia-uvm-tools", "PathInContainer": "/dev/nvidia-uvm-tools",
+                    "CgroupPermissions": "rwm"},
+                {"PathOnHost": "/dev/nvidia-modeset", "PathInContainer": "/dev/nvidia-modeset",
+                    "CgroupPermissions": "rwm"}]
+        }""",
+        # docker run --device /dev/nvidia1:/dev/nvidia0 --device /dev/nvidia10
+        "device-nodes-renamed": """{
+            "Runtime": "runc", "DeviceRequests": null,
+            "Devices": [
+                {"PathOnHost": "/dev/nvidia1", "PathInContainer": "/dev/nvidia0",
+                    "CgroupPermissions": "rwm"},
+                {"PathOnHost": "/dev/nvidia10", "PathInContainer": "/dev/nvidia10",
+                    "CgroupPermissions": "rwm"}]
+        }""",
+        # control, MIG capability and DRM nodes only: no GPU of their own
+        "device-nodes-no-gpu": """{
+            "Runtime": "runc", "DeviceRequests": null,
+            "Devices": [
+                {"PathOnHost": "/dev/nvidiactl", "PathInContainer": "/dev/nvidiactl",
+                    "CgroupPermissions": "rwm"},
+                {"PathOnHost": "/dev/nvidia-caps/nvidia-cap21",
+                    "PathInContainer": "/dev/nvidia-caps/nvidia-cap21",
+                    "CgroupPermissions": "rwm"},
+                {"PathOnHost": "/dev/dri/card0", "PathInContainer": "/dev/dri/card0",
+                    "CgroupPermissions": "rwm"},
+                {"PathOnHost": "/dev/dri/renderD128", "PathInContainer": "/dev/dri/renderD128",
+                    "CgroupPermissions": "rwm"}]
+        }""",
+        # a container created without naming a runtime, on an engine that left Runtime empty
+        "runtime-empty": """{
+            "Runtime": "", "Devices": [], "DeviceRequests": null
+        }""",
+        # docker run --runtime runc: recorded, so the engine's default does not matter
+        "runtime-runc": """{
+            "Runtime": "runc", "Devices": [], "DeviceRequests": null
+        }""",
+        "runtime-nvidia": """{
+            "Runtime": "nvidia", "Devices": [], "DeviceRequests": null
+        }""",
+    }.items()
+}
 
 
 @pytest.mark.parametrize(
@@ -341,8 +464,164 @@ def test_claimed_gpus(
 
 
 @pytest.mark.parametrize(
+    ("document", "env", "default_runtime", "expected"),
+    [
+        # CDI device requests
+        ("cdi-index", None, "runc", ClaimedGPUs(frozenset({"0"}))),
+        ("cdi-uuids", None, "runc", ClaimedGPUs(frozenset({UUID, MIG_UUID}))),
+        ("cdi-mig-index", None, "runc", ClaimedGPUs(frozenset({"0:1"}))),
+        ("cdi-mig-kind", None, "runc", ClaimedGPUs(frozenset({"1:0"}))),
+        ("cdi-all", None, "runc", ClaimedGPUs(all=True)),
+        ("cdi-type-index", None, "runc", ClaimedGPUs(frozenset({"2", "0:1"}))),
+        ("cdi-vendors", None, "runc", ClaimedGPUs(frozenset({"3"}))),
+        ("cdi-other-vendor", None, "runc", ClaimedGPUs()),
+        ("gpus-and-cdi", None, "runc", ClaimedGPUs(frozenset({"0", "2"}))),
+        # GPU device nodes; the host side counts
+        ("device-nodes", None, "runc", ClaimedGPUs(frozenset({"3"}))),
+        ("device-nodes-renamed", None, "runc", ClaimedGPUs(frozenset({"1", "10"}))),
+        ("device-nodes-no-gpu", None, "runc", ClaimedGPUs()),
+        # the engine's default runtime applies when the container names none
+        ("runtime-empty", ["NVIDIA_VISIBLE_DEVICES=1"], "nvidia", ClaimedGPUs(frozenset({"1"}))),
+        ("runtime-empty", ["NVIDIA_VISIBLE_DEVICES=1"], "runc", ClaimedGPUs()),
+        ("runtime-empty", ["CUDA_VERSION=10.0"], "nvidia", ClaimedGPUs(all=True)),
+        ("runtime-empty", ["NVIDIA_VISIBLE_DEVICES=void"], "nvidia", ClaimedGPUs()),
+        ("runtime-runc", ["NVIDIA_VISIBLE_DEVICES=all"], "nvidia", ClaimedGPUs()),
+        ("runtime-nvidia", ["NVIDIA_VISIBLE_DEVICES=2"], "runc", ClaimedGPUs(frozenset({"2"}))),
+        # the nvidia runtime in CDI mode takes qualified names and MIG ids
+        (
+            "runtime-nvidia",
+            [f"NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=0,nvidia.com/gpu={UUID},amd.com/gpu=1"],
+            "runc",
+            ClaimedGPUs(frozenset({"0", UUID})),
+        ),
+        (
+            "runtime-nvidia",
+            ["NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=all"],
+            "runc",
+            ClaimedGPUs(all=True),
+        ),
+        (
+            "runtime-nvidia",
+            ["NVIDIA_VISIBLE_DEVICES=0:1,1"],
+            "runc",
+            ClaimedGPUs(frozenset({"0:1", "1"})),
+        ),
+    ],
+)
+def test_claimed_gpus_from_inspected_documents(
+    document: str, env: list[str] | None, default_runtime: str, expected: ClaimedGPUs
+) -> None:
+    host_config = INSPECTED[document]
+    assert claimed_gpus(host_config, env, default_runtime=default_runtime) == expected
+
+
+@pytest.mark.parametrize(
+    ("host_config", "expected"),
+    [
+        # the nvidia driver hands DeviceIDs on as NVIDIA_VISIBLE_DEVICES, where "all" is all
+        ({"DeviceRequests": [_req(Driver="nvidia", DeviceIDs=["all"])]}, ClaimedGPUs(all=True)),
+        ({"DeviceRequests": [_req(Driver="nvidia", DeviceIDs=["none"])]}, ClaimedGPUs()),
+        # every GPU covers the named ones: one spelling for one claim
+        (
+            {
+                "DeviceRequests": [
+                    _req(Count=-1, Capabilities=[["gpu"]]),
+                    _req(Driver="nvidia", DeviceIDs=["1"]),
+                ]
+            },
+            ClaimedGPUs(all=True),
+        ),
+        # the CDI driver resolves qualified names only; the driver name is not case-sensitive
+        ({"DeviceRequests": [_req(Driver="cdi", DeviceIDs=["0", "all"])]}, ClaimedGPUs()),
+        (
+            {"DeviceRequests": [_req(Driver="CDI", DeviceIDs=["nvidia.com/gpu=1"])]},
+            ClaimedGPUs(frozenset({"1"})),
+        ),
+        # a CDI request's Count means nothing
+        ({"DeviceRequests": [_req(Driver="cdi", Count=-1)]}, ClaimedGPUs()),
+        # docker-py's snake_case spelling
+        (
+            {"DeviceRequests": [{"driver": "cdi", "count": 0, "device_ids": ["nvidia.com/gpu=4"]}]},
+            ClaimedGPUs(frozenset({"4"})),
+        ),
+        # CDI kinds are exact; an empty device name is no device
+        (
+            {
+                "DeviceRequests": [
+                    _req(Driver="cdi", DeviceIDs=["nvidia.com/gpus=0", "nvidia.com/gpu="])
+                ]
+            },
+            ClaimedGPUs(),
+        ),
+        # device nodes: only /dev/nvidia<N>, without leading zeros; docker-py's string form
+        (
+            {"Devices": [{"PathOnHost": "/dev/nvidia01"}, {"PathOnHost": "/dev/nvidia"}, {}]},
+            ClaimedGPUs(),
+        ),
+        (
+            {"Devices": ["/dev/nvidia2:/dev/nvidia2:rwm", "/dev/nvidiactl"]},
+            ClaimedGPUs(frozenset({"2"})),
+        ),
+        ({"Devices": None, "DeviceRequests": None}, ClaimedGPUs()),
+    ],
+)
+def test_claimed_gpus_every_way_to_hold_a_gpu(
+    host_config: dict[str, Any], expected: ClaimedGPUs
+) -> None:
+    assert claimed_gpus(host_config) == expected
+
+
+@pytest.mark.parametrize(
     ("claim", "truthy"),
     [(ClaimedGPUs(), False), (ClaimedGPUs(frozenset({"0"})), True), (ClaimedGPUs(all=True), True)],
 )
 def test_claimed_gpus_truthiness(claim: ClaimedGPUs, truthy: bool) -> None:
     assert bool(claim) is truthy
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "ids", "expected"),
+    [
+        ("device-requests", ["0"], {}),
+        ("nvidia-runtime", ["0", "2"], {"runtime": "nvidia"}),
+        (
+            "cdi",
+            ["0", "GPU-5f3c"],
+            {
+                "device_requests": [
+                    {"driver": "cdi", "device_ids": ["nvidia.com/gpu=0", "nvidia.com/gpu=GPU-5f3c"]}
+                ]
+            },
+        ),
+        ("cdi", [], {}),
+        ("nvidia-runtime", [], {}),
+    ],
+)
+def test_mechanism_host_config(mechanism: str, ids: list[str], expected: dict[str, Any]) -> None:
+    assert mechanism_host_config(mechanism, ids) == expected
+
+
+@pytest.mark.parametrize("mechanism", ["device-requests", "nvidia-runtime", "cdi"])
+def test_each_mechanism_is_read_back_as_the_same_claim(mechanism: str) -> None:
+    """What a server is given by each mechanism, as ``docker inspect`` shows it, claims
+    exactly its ids, even from an image whose own environment says every GPU."""
+    ids = ["1", "3"]
+    host_config: dict[str, Any] = {}
+    if mechanism == "device-requests":
+        host_config["DeviceRequests"] = [
+            {"Driver": "", "Count": 0, "DeviceIDs": ids, "Capabilities": [["gpu"]]}
+        ]
+    for key, value in mechanism_host_config(mechanism, ids).items():
+        if key == "runtime":
+            host_config["Runtime"] = value
+        else:
+            host_config["DeviceRequests"] = [
+                {"Driver": r["driver"], "DeviceIDs": r["device_ids"]} for r in value
+            ]
+    env = ["NVIDIA_VISIBLE_DEVICES=all", "PATH=/usr/bin", "NVIDIA_VISIBLE_DEVICES=1,3"]
+    assert claimed_gpus(host_config, env) == ClaimedGPUs(ids=frozenset(ids))
+
+
+def test_an_unknown_mechanism_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown GPU mechanism"):
+        mechanism_host_config("magic", ["0"])

@@ -270,3 +270,30 @@ def test_failed_gpu_probes_leave_no_container(engine_without_nvidia: str) -> Non
         assert client.containers.list(all=True) == []
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("info", "driver_ok", "configured", "supported", "status"),
+    [
+        ({"Runtimes": {"runc": {}}}, True, "device-requests", ["device-requests"], OK),
+        ({"Runtimes": {"runc": {}, "nvidia": {}}}, False, "nvidia-runtime", ["nvidia-runtime"], OK),
+        ({"Runtimes": {"runc": {}}}, True, "nvidia-runtime", ["device-requests"], FAIL),
+        (
+            {"Runtimes": {"nvidia": {}}, "CDISpecDirs": ["/etc/cdi", "/var/run/cdi"]},
+            True,
+            "cdi",
+            ["device-requests", "nvidia-runtime", "cdi"],
+            OK,
+        ),
+        ({"Runtimes": {}, "CDISpecDirs": []}, False, "cdi", [], FAIL),
+    ],
+)
+def test_gpu_mechanism_row(
+    info: dict[str, object], driver_ok: bool, configured: str, supported: list[str], status: str
+) -> None:
+    assert doctor.supported_mechanisms(info, driver_ok) == supported
+    row = doctor.mechanism_row(configured, supported)
+    assert row.status == status
+    assert configured in row.detail
+    if status == FAIL:
+        assert "GPUWS_GPU_MECHANISM" in row.fix

@@ -5,7 +5,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from spawner.devices import ClaimedGPUs
+from spawner.devices import ClaimedGPUs, claimed_gpus
 from spawner.inventory import GPU, Inventory, InventoryError, discover_nvml, parse_static_inventory
 
 MiB = 1024**2
@@ -15,6 +15,11 @@ U1 = "GPU-11111111-1111-4111-8111-111111111111"
 M0 = "MIG-aaaaaaaa-0000-5000-8000-000000000000"
 M1 = "MIG-bbbbbbbb-0000-5000-8000-000000000000"
 X = "\N{MULTIPLICATION SIGN}"
+# UUIDs with hex letters, as NVML reports them (lower case)
+UA = "GPU-5f3c9a7e-1b2d-4c3e-8f4a-6b7c8d9e0f1a"
+UB = "GPU-a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
+MA = "MIG-c0ffee00-aaaa-5bbb-8ccc-dddddddddddd"
+MB = "MIG-deadbeef-aaaa-5bbb-8ccc-eeeeeeeeeeee"
 
 
 # -- a fake pynvml module: NVML as seen by the hub ----------------------------------------
@@ -167,6 +172,23 @@ def test_discover_nvml_lists_mig_devices_instead_of_their_gpu(
     assert inventory.resolve_claim(ClaimedGPUs(frozenset({U0}))) == {M0, M1}
 
 
+def test_discover_nvml_numbers_mig_devices_as_the_toolkit_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    migs: list[FakeDevice | None] = [FakeDevice(M0, "MIG 1g.10gb", 9856 * MiB), None]
+    migs.append(FakeDevice(M1, "MIG 1g.10gb", 9856 * MiB))
+    gpus = [
+        FakeDevice(U0, "A100", 80 * GiB, index=0),
+        FakeDevice(U1, "A100", 80 * GiB, index=1, mig_mode=1, mig_slots=migs),
+    ]
+    with_fake_nvml(monkeypatch, fake_pynvml(gpus))
+    inventory = discover_nvml()
+    # counted over the devices found, so a hole in the slots does not shift the names
+    assert [gpu.mig_index for gpu in inventory] == [None, 0, 1]
+    assert inventory.resolve_claim(ClaimedGPUs(frozenset({"1:1"}))) == {M1}
+    assert inventory.resolve_claim(ClaimedGPUs(frozenset({"1:0", "0"}))) == {M0, U0}
+
+
 def test_discover_nvml_without_gpus_is_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     with_fake_nvml(monkeypatch, fake_pynvml([]))
     assert len(discover_nvml()) == 0
@@ -209,6 +231,8 @@ MIG = GPU(id=M0, index=1, uuid=M0, parent=U1)
         (STATIC, {"3"}),
         (GPU(id="GPU-aaa", index=2), {"GPU-aaa", "2"}),
         (MIG, {M0}),
+        (GPU(id=M0, index=1, uuid=M0, parent=U1, mig_index=2), {M0, "1:2"}),
+        (GPU(id="0", index=0, mig_index=3), {"0"}),  # a whole GPU has no MIG index
     ],
 )
 def test_gpu_aliases(gpu: GPU, aliases: set[str]) -> None:
@@ -221,6 +245,50 @@ def test_gpu_aliases(gpu: GPU, aliases: set[str]) -> None:
 )
 def test_gpu_placement_group(gpu: GPU, group: str) -> None:
     assert gpu.placement_group == group
+
+
+# a whole GPU, and a GPU in MIG mode as NVML lists it: its MIG devices only
+MIXED = [
+    GPU(id=UA, index=0, uuid=UA),
+    GPU(id=MA, index=1, uuid=MA, parent=UB, mig_index=0),
+    GPU(id=MB, index=1, uuid=MB, parent=UB, mig_index=1),
+]
+
+
+@pytest.mark.parametrize(
+    ("aliases", "covered"),
+    [
+        # a UUID in any case is the same GPU as its index
+        ({UA}, {UA}),
+        ({UA.upper()}, {UA}),
+        ({"Gpu-" + UA[4:].upper()}, {UA}),
+        ({"gpu-5F3C9A7E-1B2D-4C3E-8F4A-6B7C8D9E0F1A"}, {UA}),
+        ({"0", UA.upper()}, {UA}),
+        # MIG devices by UUID (any case) and by index:mig-index
+        ({MA.upper()}, {MA}),
+        ({"1:1"}, {MB}),
+        ({"1:0", MB.upper()}, {MA, MB}),
+        # the physical GPU of MIG devices, by index or UUID in any case
+        ({"1"}, {MA, MB}),
+        ({UB.upper()}, {MA, MB}),
+        # unknown to this inventory: ignored
+        ({"1:2"}, set()),
+        ({"0:0"}, set()),  # GPU 0 is not in MIG mode
+        ({"GPU-ffffffff", "MIG-GPU-" + UB[4:] + "/1/0", "2"}, set()),
+    ],
+)
+def test_inventory_resolve_claim_any_spelling(aliases: set[str], covered: set[str]) -> None:
+    inventory = Inventory(MIXED)
+    assert inventory.resolve_claim(ClaimedGPUs(frozenset(aliases))) == covered
+
+
+def test_inventory_looks_up_uuids_in_any_case_and_keeps_their_spelling() -> None:
+    inventory = Inventory([GPU(id="GPU-AAA", index=0), *MIXED[1:]])
+    assert inventory.resolve("gpu-aaa") is not None
+    assert inventory.resolve("GPU-aaa") == GPU(id="GPU-AAA", index=0)
+    assert MA.upper() in inventory and "1:0" in inventory and "1:9" not in inventory
+    assert inventory.ids() == ("GPU-AAA", MA, MB)
+    assert inventory.canonical(["GPU-aaa", MB.upper()]) == {"GPU-AAA", MB}
 
 
 def test_inventory_orders_by_index_and_resolves_aliases() -> None:
@@ -293,6 +361,19 @@ def test_inventory_describe(gpus: list[GPU], text: str) -> None:
             "'GPU-aaa' names two GPUs",
         ),
         ([GPU(id="GPU-aaa", index=-1)], "index must be ≥ 0"),
+        # UUIDs are hex: two spellings of one are one GPU
+        ([GPU(id="GPU-aaa", index=0), GPU(id="GPU-AAA", index=1)], "'GPU-AAA' is listed twice"),
+        (
+            [GPU(id="GPU-aaa", index=0), GPU(id="GPU-bbb", index=1, uuid="GPU-AAA")],
+            "'GPU-AAA' names two GPUs: 'GPU-aaa' and 'GPU-bbb'",
+        ),
+        (
+            [
+                GPU(id=M0, index=1, parent=U1, mig_index=0),
+                GPU(id=M1, index=1, parent=U1, mig_index=0),
+            ],
+            f"'1:0' names two GPUs: '{M0}' and '{M1}'",
+        ),
     ],
 )
 def test_inventory_rejects_ambiguous_gpus(gpus: list[GPU], problem: str) -> None:
@@ -411,6 +492,78 @@ def test_parse_static_inventory_rejects(value: object, problems: list[str]) -> N
     message = str(info.value)
     for problem in problems:
         assert problem in message
+
+
+def test_parse_static_inventory_mig_index() -> None:
+    inventory = parse_static_inventory(
+        [
+            {"id": "0"},
+            {"id": M0, "parent": U1, "index": 1, "mig_index": 0},
+            {"id": M1, "parent": U1, "index": 1},
+        ],
+        option="gpu_inventory",
+    )
+    assert [gpu.mig_index for gpu in inventory] == [None, 0, None]
+    assert inventory.resolve_claim(ClaimedGPUs(frozenset({"1:0", "1:1"}))) == {M0}
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        (
+            {"id": M0, "mig_index": 0},
+            "field 'mig_index': only MIG devices (with 'parent') have one",
+        ),
+        (
+            {"id": M0, "parent": U1, "mig_index": -1},
+            "field 'mig_index': must be a whole number ≥ 0",
+        ),
+        ({"id": M0, "parent": U1, "mig_index": True}, "field 'mig_index': must be a whole number"),
+        ({"id": M0, "parent": U1, "mig_index": "1"}, "field 'mig_index': must be a whole number"),
+    ],
+)
+def test_parse_static_inventory_rejects_mig_index(entry: dict[str, Any], problem: str) -> None:
+    with pytest.raises(InventoryError) as info:
+        parse_static_inventory([entry], option="gpu_inventory")
+    assert f"gpu_inventory[0]: {problem}" in str(info.value)
+
+
+# -- from docker inspect to the inventory ---------------------------------------------------
+
+
+def _cdi(*names: str) -> dict[str, Any]:
+    request = {"Driver": "cdi", "Count": 0, "DeviceIDs": list(names), "Capabilities": None}
+    return {"Runtime": "runc", "Devices": [], "DeviceRequests": [request | {"Options": None}]}
+
+
+def _node(path: str) -> dict[str, Any]:
+    return {"PathOnHost": path, "PathInContainer": path, "CgroupPermissions": "rwm"}
+
+
+@pytest.mark.parametrize(
+    ("host_config", "env", "covered"),
+    [
+        (_cdi("nvidia.com/gpu=0"), None, {UA}),
+        (_cdi(f"nvidia.com/gpu={UA.upper()}"), None, {UA}),
+        (_cdi("nvidia.com/gpu=1:1"), None, {MB}),
+        (_cdi("nvidia.com/mig=1:0"), None, {MA}),
+        (_cdi("nvidia.com/gpu=gpu1"), None, {MA, MB}),
+        (_cdi("nvidia.com/gpu=all"), None, {UA, MA, MB}),
+        (_cdi("amd.com/gpu=0"), None, set()),
+        ({"Devices": [_node("/dev/nvidia0"), _node("/dev/nvidiactl")]}, None, {UA}),
+        (
+            {"Devices": [_node("/dev/nvidia1"), _node("/dev/nvidia-caps/nvidia-cap12")]},
+            None,
+            {MA, MB},
+        ),
+        ({"Runtime": ""}, [f"NVIDIA_VISIBLE_DEVICES={MB.upper()}"], {MB}),
+    ],
+)
+def test_claims_of_inspected_containers_map_onto_the_inventory(
+    host_config: dict[str, Any], env: list[str] | None, covered: set[str]
+) -> None:
+    claim = claimed_gpus(host_config, env, default_runtime="nvidia")
+    assert Inventory(MIXED).resolve_claim(claim) == covered
 
 
 def test_parse_static_inventory_reports_every_problem_one_per_line() -> None:

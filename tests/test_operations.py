@@ -380,3 +380,38 @@ def test_metrics_match_the_state_after_spawns_and_stops(
     assert values[("jupyterhub_gpu_idle_reclaimed_total", ())] == 0
     # JupyterHub's own metrics are still there, next to ours
     assert ("jupyterhub_running_servers", ()) in values
+
+
+# -- after a hub restart ---------------------------------------------------------------------
+
+
+def _server_token(docker_client: docker.DockerClient, hub: Hub, user: str) -> str:
+    container = hub.server_container(docker_client, user)
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"] if "=" in e)
+    return env["JUPYTERHUB_API_TOKEN"]
+
+
+def test_after_a_hub_restart_stop_revokes_the_token_and_idle_gpu_servers_are_reclaimed(
+    start_hub: Any, docker_client: docker.DockerClient
+) -> None:
+    """Re-adopted servers get their API token back from the container: stopping one revokes
+    it, and the GPU reclaimer can ask an idle one about its kernels and stop it."""
+    hub = start_hub(
+        env={
+            "GPUWS_GPU_INVENTORY": gpus(2, 54),
+            "GPUWS_GPU_IDLE_TIMEOUT": "8",
+            "GPUWS_IDLE_TIMEOUT": "3600",
+            "GPUWS_IDLE_CHECK_INTERVAL": "1",
+        }
+    )
+    hub.spawn("rs-stop", {"profile": "cpu"})
+    hub.spawn("rs-idle", {"profile": "gpu-1"})
+    old_token = _server_token(docker_client, hub, "rs-stop")
+    assert hub.api("GET", "/user", token=old_token).status_code == 200
+    hub.restart()
+
+    hub.stop_server("rs-stop")
+    assert hub.api("GET", "/user", token=old_token).status_code == 403, "token still valid"
+    hub.wait_gone("rs-idle", timeout=120)  # idle since before the restart
+    log = hub.log_path.read_text()
+    assert "GPU reclaimer: stopping rs-idle" in log
