@@ -89,6 +89,9 @@ c.GPUDockerSpawner.gpu_image = env_str("GPUWS_GPU_IMAGE", "gpu-workspaces/notebo
 c.GPUDockerSpawner.network_name = network
 # Container names are <prefix>-<user>; two hubs on one engine need different prefixes.
 c.GPUDockerSpawner.prefix = env_str("GPUWS_CONTAINER_PREFIX", "gpuws")
+# This hub's own id, on every container it makes: a second hub with the same prefix on one
+# engine refuses to start instead of taking over the first one's servers.
+c.GPUDockerSpawner.hub_instance = secret_file(os.path.join(state_dir, "hub_instance"), nbytes=8)
 c.GPUDockerSpawner.pull_policy = env_str("GPUWS_PULL_POLICY", "ifnotpresent")
 # Empty: discover through NVML. Static: "4", "0,1,2,3" or JSON [{"id": ..., "name": ...}].
 c.GPUDockerSpawner.gpu_inventory = inventory = env_json_or_text("GPUWS_GPU_INVENTORY")

@@ -41,7 +41,7 @@ from .metrics import count_allocation, register_pools, timed_gpu_wait
 from .names import escape_name
 from .pool import GPUPool, Observation, QueueLimitReached, Quota
 from .reclaim import reclaimer
-from .workspace import LABEL_PREFIX_NAME, GPUAvailability, WorkspaceMixin
+from .workspace import LABEL_HUB_INSTANCE, LABEL_PREFIX_NAME, GPUAvailability, WorkspaceMixin
 
 _INVENTORIES: dict[str, Inventory] = {}
 _POOLS: dict[tuple[str, tuple[str, ...]], GPUPool] = {}
@@ -146,6 +146,17 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             except InventoryError as e:
                 raise TraitError(str(e)) from None
         return value
+
+    hub_instance = Unicode(
+        "",
+        config=True,
+        help="""An id of this hub's own, kept in its state folder (jupyterhub_config.py makes
+        it). Every container the hub creates carries it (label
+        ``io.gpu-workspaces.hub-instance``), and the hub refuses to start while live
+        containers with its container prefix carry another one: a second hub with the same
+        prefix on one engine would take over or remove the first one's servers. Empty: no
+        check.""",
+    )
 
     gpu_mechanism = Enum(
         list(GPU_MECHANISMS),
@@ -530,6 +541,8 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         if asyncio.iscoroutine(admin_create_kwargs):
             admin_create_kwargs = await admin_create_kwargs
         ours_create: dict[str, Any] = {"labels": self.workspace_labels(list(self.gpu_ids))}
+        if self.hub_instance:
+            ours_create["labels"][LABEL_HUB_INSTANCE] = self.hub_instance
         if self.container_user:
             ours_create["user"] = self.container_user
         saved = self.extra_host_config, self.extra_create_kwargs

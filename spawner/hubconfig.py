@@ -319,6 +319,43 @@ def _network_gateway(name: str) -> str:
     raise ConfigError(f"Docker network {name!r} has no gateway address")
 
 
+def other_hub_instances(labels: list[dict[str, str]], instance: str) -> list[str]:
+    """Hub instances other than ``instance`` among the labels of containers of one prefix
+    (containers from before instances were recorded carry none and count as ours)."""
+    from .workspace import LABEL_HUB_INSTANCE
+
+    found = {str(lab.get(LABEL_HUB_INSTANCE) or "") for lab in labels}
+    return sorted(found - {instance, ""})
+
+
+def refuse_a_second_hub(probe: Any) -> None:
+    """Stop a hub whose container prefix another live hub on the same engine uses."""
+    instance = str(getattr(probe, "hub_instance", "") or "")
+    if not instance:
+        return
+    from .workspace import LABEL_PREFIX_NAME
+
+    try:
+        live = probe.client.containers(
+            filters={
+                "label": f"{LABEL_PREFIX_NAME}={probe.prefix}",
+                "status": ["created", "running", "paused", "restarting"],
+            }
+        )
+    except Exception:
+        return  # Docker not answering yet: nothing to compare (the hub keeps its servers)
+    others = other_hub_instances([c.get("Labels") or {} for c in live], instance)
+    if others:
+        raise ConfigError(
+            f"another hub (instance {others[0]}) runs servers with the container prefix "
+            f"{probe.prefix!r} on this Docker engine; this hub would take them over or remove "
+            "them, so it does not start. Give it its own GPUWS_CONTAINER_PREFIX and "
+            "GPUWS_HOME_VOLUME (a compose stack: its own COMPOSE_PROJECT_NAME), or stop the "
+            "other hub. If the other hub is this one with its state folder lost, remove "
+            "those containers first."
+        )
+
+
 def check_spawner_config(config: Config, spawner_class: type | None = None) -> None:
     """Validate the spawner's options and profiles at hub start-up, not at first spawn.
 
@@ -336,6 +373,7 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
         probe = spawner_class(config=config, user=stand_in_user)
     except (TraitError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    refuse_a_second_hub(probe)
     option = f"{spawner_class.__name__}.profiles"
     total: int | None = None
     if probe.gpu_inventory not in ([], ""):

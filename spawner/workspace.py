@@ -51,6 +51,7 @@ LABEL_USER = f"{LABEL_PREFIX}.user"
 LABEL_SERVER = f"{LABEL_PREFIX}.server"
 LABEL_PROFILE = f"{LABEL_PREFIX}.profile"
 LABEL_PREFIX_NAME = f"{LABEL_PREFIX}.prefix"
+LABEL_HUB_INSTANCE = f"{LABEL_PREFIX}.hub-instance"
 
 
 async def _accepts_connections(host: str, port: int) -> bool:

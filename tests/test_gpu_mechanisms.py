@@ -131,3 +131,23 @@ def test_two_hubs_on_one_engine_never_share_a_gpu(start_hub, docker_client):
     for hub in hubs:
         for container in hub.containers(docker_client):
             assert container.name.startswith(hub.prefix)
+
+
+def test_a_second_hub_with_the_same_prefix_refuses_to_start(start_hub, docker_client):
+    """Each hub keeps an id of its own in its state folder and puts it on its containers: a
+    second hub with the first one's container prefix does not start, and the first one's
+    server is left alone."""
+    first = start_hub(env={"GPUWS_GPU_INVENTORY": "2"})
+    first.spawn("one", {"profile": "gpu-1"})
+    container = first.server_container(docker_client, "one")
+    assert container.labels["io.gpu-workspaces.hub-instance"]
+    with pytest.raises(RuntimeError) as refused:
+        start_hub(
+            env={"GPUWS_GPU_INVENTORY": "2"},
+            extra_config=f"c.GPUDockerSpawner.prefix = {first.prefix!r}\n",
+        )
+    assert f"runs servers with the container prefix {first.prefix!r}" in str(refused.value)
+    assert "Traceback" not in str(refused.value)
+    container.reload()
+    assert container.status == "running"
+    assert first.server_model("one")["ready"]

@@ -12,6 +12,7 @@ from spawner.hubconfig import (
     env_json_or_text,
     env_number,
     env_size,
+    other_hub_instances,
     profiles_from_env,
 )
 
@@ -112,3 +113,17 @@ def test_bad_env_values_name_the_variable(monkeypatch, name, raw, parse):
     monkeypatch.setenv(name, raw)
     with pytest.raises(ConfigError, match="GPUWS_X"):
         parse(name)
+
+
+@pytest.mark.parametrize(
+    ("labels", "others"),
+    [
+        ([], []),
+        ([{"io.gpu-workspaces.hub-instance": "me"}], []),
+        ([{}, {"io.gpu-workspaces.user": "old"}], []),  # from before instances were kept
+        ([{"io.gpu-workspaces.hub-instance": "me"}, {"io.gpu-workspaces.hub-instance": "b"}],
+         ["b"]),
+    ],
+)  # fmt: skip
+def test_other_hub_instances(labels: list[dict[str, str]], others: list[str]) -> None:
+    assert other_hub_instances(labels, "me") == others
