@@ -25,6 +25,7 @@ from .hardening import host_path_problem
 from .inventory import InventoryError, discover_nvml, parse_static_inventory
 from .profiles import ProfileError, default_profiles_for, load_profiles_file, parse_profiles
 from .sizes import SizeError, parse_size
+from .workspace import LABEL_HUB_INSTANCE, LABEL_PREFIX_NAME
 
 log = logging.getLogger("gpu-workspaces")
 
@@ -322,8 +323,6 @@ def _network_gateway(name: str) -> str:
 def other_hub_instances(labels: list[dict[str, str]], instance: str) -> list[str]:
     """Hub instances other than ``instance`` among the labels of containers of one prefix
     (containers from before instances were recorded carry none and count as ours)."""
-    from .workspace import LABEL_HUB_INSTANCE
-
     found = {str(lab.get(LABEL_HUB_INSTANCE) or "") for lab in labels}
     return sorted(found - {instance, ""})
 
@@ -333,8 +332,6 @@ def refuse_a_second_hub(probe: Any) -> None:
     instance = str(getattr(probe, "hub_instance", "") or "")
     if not instance:
         return
-    from .workspace import LABEL_PREFIX_NAME
-
     try:
         live = probe.client.containers(
             filters={

@@ -142,13 +142,11 @@ class GPUPool:
         self._owners: dict[str, tuple[str, frozenset[str]]] = {}
         self._holdings: dict[str, Holding] = {}
         self._observed: frozenset[str] = frozenset()
-        # Holders whose container is up; only these may be reconciled away when Docker no
-        # longer shows them (a holder still being created must keep its claim).
-        self._running: set[str] = set()
-        # When each holder was marked running, on a counter that every mark advances: an
-        # observation may only drop holders marked before it began.
+        # Holders whose container is up, each with the count of marks when it was marked:
+        # only these may be reconciled away when Docker no longer shows them (a holder still
+        # being created keeps its claim), and only if marked before the observation began.
+        self._running: dict[str, int] = {}
         self._marks = 0
-        self._marked_at: dict[str, int] = {}
         self._handovers = 0
 
     # -- what is busy ---------------------------------------------------------------------
@@ -165,8 +163,9 @@ class GPUPool:
         began = self._marks
         observation = await self._observe()
         if reconcile:
-            for holder in sorted(self._running - observation.live):
-                if self._marked_at.get(holder, began + 1) <= began:
+            gone = [h for h in self._running if h not in observation.live]
+            for holder in sorted(gone):
+                if self._running[holder] <= began:
                     self.release(holder)
         self._observed = observation.busy
         return self._observed
@@ -175,8 +174,7 @@ class GPUPool:
         """The holder's container is up: from now on Docker's view decides its claim."""
         if self.ledger.held_by(holder):
             self._marks += 1
-            self._marked_at[holder] = self._marks
-            self._running.add(holder)
+            self._running[holder] = self._marks
 
     def hand_over(self, holder: str) -> str:
         """Move ``holder``'s claim to a new, unique key and return it; the GPUs stay held.
@@ -192,8 +190,7 @@ class GPUPool:
         key = f"{holder}#cleanup-{self._handovers}"
         holding = self._holdings.pop(holder, None)
         owner = self._owners.pop(holder, None)
-        self._running.discard(holder)
-        self._marked_at.pop(holder, None)
+        self._running.pop(holder, None)
         self.ledger.release(holder)
         self.ledger.restore(key, ids)
         if owner is not None:
@@ -410,8 +407,7 @@ class GPUPool:
         """Give back what ``holder`` held; wakes the queue."""
         self._owners.pop(holder, None)
         self._holdings.pop(holder, None)
-        self._running.discard(holder)
-        self._marked_at.pop(holder, None)
+        self._running.pop(holder, None)
         ids = self.ledger.release(holder)
         if ids:
             self._observed = self._observed - frozenset(ids)

@@ -60,8 +60,12 @@ async def _accepts_connections(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setblocking(False)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the inner result when
+        # a cancel lands just as the connect is refused, and a stop while the spawn is pending
+        # would be lost (JupyterHub then answers the stop with a 500).
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), 1.0)
+            async with asyncio.timeout(1.0):
+                await loop.sock_connect(sock, (host, port))
         except (TimeoutError, OSError):
             return False
     return True

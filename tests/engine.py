@@ -335,11 +335,11 @@ def _forget_earlier_runs() -> None:
         ["network", "prune", "--force"],
     ):
         subprocess.run([*docker, *args], capture_output=True, env=env, timeout=120)
-    running = subprocess.run(
+    left = subprocess.run(
         [*docker, "ps", "-aq"], capture_output=True, text=True, env=env, timeout=60
     ).stdout.split()
-    if running:
-        subprocess.run([*docker, "rm", "-f", *running], capture_output=True, env=env)
+    if left:  # restarting ones, which prune skips
+        subprocess.run([*docker, "rm", "-f", *left], capture_output=True, env=env)
         subprocess.run([*docker, "volume", "prune", "--force"], capture_output=True, env=env)
 
 
