@@ -11,6 +11,7 @@ import os
 
 from spawner.dashboard import handlers as gpu_dashboard_handlers
 from spawner.hubconfig import (
+    ConfigError,
     check_spawner_config,
     ensure_network,
     env_bool,
@@ -25,6 +26,7 @@ from spawner.hubconfig import (
     shared_data_from_env,
     unset_empty_env,
 )
+from spawner.loginpolicy import https_bind_url, insecure_login_problem, tls_problem
 from spawner.reclaim import idle_culler_service, start_with_hub
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
@@ -36,8 +38,29 @@ network = env_str("GPUWS_NETWORK", "gpu-workspaces")
 state_dir = env_str("GPUWS_STATE_DIR", "/srv/jupyterhub/state" if in_compose else os.getcwd())
 os.makedirs(state_dir, exist_ok=True)
 
+# --- TLS and cookies (docs/deploy.md#tls) -------------------------------------------------
+# A certificate and key (PEM; in compose under the GPUWS_TLS_DIR mount) make the proxy serve
+# HTTPS; JupyterHub then marks its cookies Secure. Set before bind_url: its scheme follows.
+ssl_cert, ssl_key = env_str("GPUWS_SSL_CERT"), env_str("GPUWS_SSL_KEY")
+if problem := tls_problem(ssl_cert, ssl_key):
+    raise ConfigError(problem)
+if ssl_cert:
+    c.JupyterHub.ssl_cert, c.JupyterHub.ssl_key = ssl_cert, ssl_key
+# The address people use, e.g. https://hub.example.org behind a TLS-terminating proxy:
+# with https, cookies are Secure whatever scheme reaches the hub.
+if public_url := env_str("GPUWS_PUBLIC_URL"):
+    c.JupyterHub.public_url = public_url
+# __Host- cookies: only this exact origin may set or overwrite them (no cookie tossing from a
+# sibling subdomain). They need HTTPS in the browser.
+c.JupyterHub.cookie_host_prefix_enabled = env_bool("GPUWS_COOKIE_HOST_PREFIX")
+# Each user's server on its own origin (https://<user>.hub.example.org): a page a user serves
+# cannot act with another user's (an admin's) hub session. Needs wildcard DNS and certificate.
+if subdomain_host := env_str("GPUWS_SUBDOMAIN_HOST"):
+    c.JupyterHub.subdomain_host = subdomain_host
+
 # --- the hub and its proxy ------------------------------------------------------------
-c.JupyterHub.bind_url = env_str("GPUWS_BIND_URL", "http://:8000")
+bind_url = env_str("GPUWS_BIND_URL", "http://:8000")
+c.JupyterHub.bind_url = https_bind_url(bind_url) if ssl_cert else bind_url
 c.JupyterHub.db_url = env_str("GPUWS_DB_URL", f"sqlite:///{state_dir}/jupyterhub.sqlite")
 c.JupyterHub.cookie_secret_file = os.path.join(state_dir, "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = os.path.join(state_dir, "jupyterhub.pid")
@@ -63,17 +86,37 @@ admins = set(env_list("GPUWS_ADMIN_USERS")) or {"admin"}
 authenticator = env_str("GPUWS_AUTHENTICATOR", "native")
 if authenticator == "native":
     # Sign-up on the login page; an admin approves each new user at /hub/authorize.
-    # Users listed in GPUWS_ADMIN_USERS are approved when they sign up.
-    # spawner.nativeauth: NativeAuthenticator with its login handler fixed for JupyterHub 6.
+    # spawner.nativeauth: the admin accounts exist before the hub listens (password from
+    # GPUWS_ADMIN_PASSWORD, else generated once into the state folder, mode 0600, and shown
+    # by `make up`); nobody can sign up under an admin name; no 500 on any login input.
     c.JupyterHub.authenticator_class = "spawner.nativeauth.NativeAuthenticator"
     c.NativeAuthenticator.open_signup = env_bool("GPUWS_OPEN_SIGNUP", False)
-    c.NativeAuthenticator.minimum_password_length = 8
+    min_length = int(env_number("GPUWS_MIN_PASSWORD_LENGTH", 8, minimum=8) or 8)
+    c.NativeAuthenticator.minimum_password_length = min_length
+    c.NativeAuthenticator.check_common_password = True
+    # After this many failed logins an account is locked for GPUWS_LOGIN_LOCKOUT_SECONDS
+    # (the right password too); kept in the hub's memory, per account.
+    attempts = int(env_number("GPUWS_LOGIN_ATTEMPTS", 5, minimum=1) or 5)
+    c.NativeAuthenticator.allowed_failed_logins = attempts
+    lockout = int(env_number("GPUWS_LOGIN_LOCKOUT_SECONDS", 600, minimum=1) or 600)
+    c.NativeAuthenticator.seconds_before_next_try = lockout
+    c.NativeAuthenticator.admin_password_file = os.path.join(state_dir, "initial_admin_password")
+    if admin_password := env_str("GPUWS_ADMIN_PASSWORD"):
+        from spawner.nativeauth import admin_password_problem
+
+        if problem := admin_password_problem(admin_password, minimum_length=min_length):
+            raise ConfigError(f"GPUWS_ADMIN_PASSWORD: {problem}")
+        c.NativeAuthenticator.admin_password = admin_password
     c.JupyterHub.template_paths = [
         os.path.join(os.path.dirname(__import__("nativeauthenticator").__file__), "templates")
     ]
 else:
     # e.g. "dummy" for demos and tests, or "github" / "generic-oauth" (see docs/authentication.md)
     c.JupyterHub.authenticator_class = authenticator
+# dummy lets anyone in as anyone: only on a loopback bind, unless explicitly allowed.
+allow_insecure = env_bool("GPUWS_ALLOW_INSECURE_LOGIN")
+if problem := insecure_login_problem(authenticator, bind_url, allowed=allow_insecure):
+    raise ConfigError(problem)
 c.Authenticator.admin_users = admins
 # NativeAuthenticator gates users by admin approval, so "all" means "all approved"; for
 # OAuth set GPUWS_ALLOW_ALL=0 and an allow-list (see docs/authentication.md).
@@ -87,6 +130,10 @@ c.JupyterHub.spawner_class = "gpu-docker"
 c.GPUDockerSpawner.image = env_str("GPUWS_NOTEBOOK_IMAGE", "gpu-workspaces/notebook-cpu:6.1.1")
 c.GPUDockerSpawner.gpu_image = env_str("GPUWS_GPU_IMAGE", "gpu-workspaces/notebook-cuda:6.1.1")
 c.GPUDockerSpawner.network_name = network
+# Network isolation (docs/security.md#network-isolation): in compose the netguard service
+# keeps the rules and vouches for them in the state volume; no server starts without that.
+if in_compose and env_bool("GPUWS_NETWORK_ISOLATION", True):
+    c.GPUDockerSpawner.network_guard_file = os.path.join(state_dir, "netguard.json")
 # Container names are <prefix>-<user>; two hubs on one engine need different prefixes.
 c.GPUDockerSpawner.prefix = env_str("GPUWS_CONTAINER_PREFIX", "gpuws")
 # This hub's own id, on every container it makes: a second hub with the same prefix on one

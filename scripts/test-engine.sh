@@ -17,6 +17,10 @@ python="${PYTHON:-$GPUWS_ROOT/.venv/bin/python}"
 [[ -x "$python" ]] || python=python3
 engine=("$python" "$GPUWS_ROOT/tests/engine.py")
 
+# One run at a time: a second run (another terminal, a helper) waits here instead of
+# stopping the engine under the first one.
+exec 9>/run/gpuws-test-engine.lock
+flock 9
 settings="$("${engine[@]}" up)" || gpuws_die "the tests' private Docker engine did not start"
 if [[ "${GPUWS_TEST_ENGINE_KEEP:-0}" != 1 ]]; then
     trap '"${engine[@]}" down' EXIT
@@ -25,8 +29,10 @@ setting() { sed -n "s/^$1=//p" <<<"$settings"; }
 # The namespace has no route out: image builds reach the package registries through
 # GPUWS_BUILD_PROXY (on the host end of its link) and never try a registry (GPUWS_OFFLINE).
 set +e
+# GPUWS_HOST_NETNS: the machine's own network namespace (this shell's), for tests that put a
+# listener on the host end of the link.
 DOCKER_HOST="$(setting DOCKER_HOST)" GPUWS_BUILD_PROXY="$(setting GPUWS_BUILD_PROXY)" \
-    GPUWS_OFFLINE=1 nsenter --net="$(setting NETNS_PATH)" -- "$@"
+    GPUWS_OFFLINE=1 GPUWS_HOST_NETNS="/proc/$$/ns/net" nsenter --net="$(setting NETNS_PATH)" -- "$@"
 rc=$?
 set -e
 exit "$rc"

@@ -1,6 +1,7 @@
 """``python -m spawner <command>``: operator commands of GPU workspaces.
 
 - ``doctor``: preflight checks (Docker, NVIDIA driver, GPUs, images, network, profiles).
+- ``netguard``: keeps the notebook network's isolation rules installed (spawner/netguard.py).
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ import sys
 from collections.abc import Sequence
 
 USAGE = """usage: python -m spawner doctor [-f jupyterhub_config.py] [--json]
+       python -m spawner netguard [--once | --remove]
 
 commands:
   doctor   check Docker, the NVIDIA driver, the GPUs, images, network and profiles
-           the way the hub will use them; exits 1 when something needs fixing"""
+           the way the hub will use them; exits 1 when something needs fixing
+  netguard keep the notebook network's isolation rules installed (needs NET_ADMIN)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .doctor import run
 
         return run(rest)
+    if command == "netguard":
+        from .netguard import main as netguard
+
+        return netguard(rest)
     print(f"python -m spawner: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

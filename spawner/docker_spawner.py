@@ -30,6 +30,7 @@ from . import hardening
 from .allocator import AllocationError, QuotaExceeded
 from .devices import (
     GPU_MECHANISMS,
+    NVIDIA_RUNTIME,
     ClaimedGPUs,
     build_device_request,
     claimed_gpus,
@@ -51,6 +52,8 @@ _CLAIM_CACHES: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
 GPU_RACE_ATTEMPTS = 3
 # Clean-ups of cancelled spawns still running (a reference, so none is collected early).
 _CLEANUPS: set[asyncio.Future[None]] = set()
+# Each engine's data root (`docker info`'s DockerRootDir), by API address, read once.
+_DOCKER_ROOTS: dict[str, str] = {}
 register_pools(_POOLS.values)  # the pool gauges on /hub/metrics
 
 
@@ -84,6 +87,52 @@ def _explain_docker_error(error: BaseException) -> WorkspaceError | None:
             status_code=500,
         )
     return None
+
+
+def _form_refusal(error: BaseException) -> WorkspaceError | None:
+    """The spawn form's 503 when Docker does not answer or answers with an error; None for
+    any other error (a bug still shows as one)."""
+    if engine_unreachable(error):
+        return WorkspaceError(
+            "The Docker engine of this hub is not answering, so no server can start right now "
+            "and the free GPUs cannot be counted. Running servers are kept; try again in a "
+            "minute or tell an admin.",
+            reason="docker-unreachable",
+            status_code=503,
+        )
+    if isinstance(error, docker.errors.APIError):
+        return WorkspaceError(
+            "The Docker engine of this hub answered with an error while counting the free "
+            "GPUs, so the spawn form cannot be shown right now; try again in a minute or tell "
+            "an admin.",
+            reason="docker-error",
+            status_code=503,
+        )
+    return None
+
+
+def docker_root_dir(spawner: Any) -> str | None:
+    """The data root of a spawner's engine, which holds every user's volumes; read once.
+
+    None while the engine does not answer (the hub still starts; the next spawn reads it).
+    """
+    try:
+        client = spawner.client
+        key = str(client.base_url)
+        if key not in _DOCKER_ROOTS:
+            root = str(client.info().get("DockerRootDir") or "")
+            _DOCKER_ROOTS[key] = root or hardening.DEFAULT_DOCKER_ROOT
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return None
+    return _DOCKER_ROOTS[key]
+
+
+def known_docker_root(spawner_class: type) -> str:
+    """The data root already read for this class's engine, else Docker's usual one (no call
+    to the engine: spawners are built for every user, also while Docker is down)."""
+    client = getattr(spawner_class, "_client", None)
+    known = _DOCKER_ROOTS.get(str(client.base_url)) if client is not None else None
+    return known or hardening.DEFAULT_DOCKER_ROOT
 
 
 def _host_pid_max() -> int | None:
@@ -218,7 +267,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._check_host_access()
+        self.check_refused_settings()
         self._use_unambiguous_oauth_client_id()
 
     def _use_unambiguous_oauth_client_id(self) -> None:
@@ -239,28 +288,63 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             client_id += f"--{escape_name(self.name)}"
         self.oauth_client_id = client_id
 
-    def _check_host_access(self) -> None:
-        """Refuse admin settings that hand notebooks the host (see spawner/hardening.py)."""
+    def refusal_rules(self) -> hardening.Allowed:
+        """What the allow-list lets this hub's containers name (spawner/hardening.py)."""
+        runtimes = hardening.DEFAULT_RUNTIMES
+        if self.gpu_mechanism == "nvidia-runtime":
+            runtimes |= {NVIDIA_RUNTIME}
+        return hardening.Allowed(
+            images=self.allowed_workspace_images(),
+            runtimes=runtimes,
+            docker_root=known_docker_root(type(self)),
+        )
+
+    def check_refused_settings(self, *, read_engine: bool = False) -> None:
+        """Refuse admin settings that hand notebooks the host (see spawner/hardening.py).
+
+        Runs when the spawner is built (so the hub refuses to start, naming the option) over
+        every setting that is not a callable; ``read_engine`` first asks the engine for its
+        data root (start-up does; a spawner built for a user does not wait for Docker).
+        Callables are checked when the container is built (:meth:`_create_container`).
+        """
         if self.allow_host_access:
             return
+        if read_engine:
+            docker_root_dir(self)
+        allowed = self.refusal_rules()
         opt = self._opt
         problems = hardening.unsafe_capabilities(self.cap_add, opt("cap_add"))
-        problems += hardening.unsafe_volumes(self.volumes, opt("volumes"))
-        problems += hardening.unsafe_volumes(self.read_only_volumes, opt("read_only_volumes"))
-        problems += hardening.unsafe_mounts(self.mounts, opt("mounts"))
-        if isinstance(self.extra_host_config, dict):
-            problems += hardening.unsafe_host_config(
-                self.extra_host_config, opt("extra_host_config")
-            )
-        if isinstance(self.extra_create_kwargs, dict):
-            problems += hardening.unsafe_create_kwargs(
-                self.extra_create_kwargs, opt("extra_create_kwargs")
-            )
+        problems += hardening.unsafe_volumes(self.volumes, opt("volumes"), allowed)
+        problems += hardening.unsafe_volumes(
+            self.read_only_volumes, opt("read_only_volumes"), allowed
+        )
+        problems += hardening.unsafe_mounts(self.mounts, opt("mounts"), allowed)
+        problems += self._admin_problems(self.extra_host_config, self.extra_create_kwargs)
         if problems:
-            raise TraitError(
-                "; ".join(problems)
-                + f". Notebook users run arbitrary code: remove the setting, or set "
-                f"{opt('allow_host_access')} = True to accept it (see SECURITY.md)."
+            raise TraitError(hardening.refusal(problems, opt("allow_host_access")))
+
+    def _admin_problems(self, host_config: Any, create_kwargs: Any) -> list[str]:
+        """Problems of the admin's ``extra_host_config`` / ``extra_create_kwargs`` (as
+        given, or as their callables returned them), each named after its option."""
+        allowed = self.refusal_rules()
+        problems = []
+        if not callable(host_config):
+            problems += hardening.unsafe_host_config(
+                host_config or {}, self._opt("extra_host_config"), allowed
+            )
+        if not callable(create_kwargs):
+            problems += hardening.unsafe_create_kwargs(
+                create_kwargs or {}, self._opt("extra_create_kwargs"), allowed
+            )
+        return problems
+
+    def _refuse_at_spawn(self, problems: list[str]) -> None:
+        if problems:
+            raise WorkspaceError(
+                "This hub's container settings are unsafe, so nothing was started; tell an "
+                "admin. " + hardening.refusal(problems, self._opt("allow_host_access")),
+                reason="config",
+                status_code=500,
             )
 
     # (prefix, docker_threads and the executor are shared with the Swarm spawner: workspace.py)
@@ -371,23 +455,19 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             return None
 
     async def gpu_availability(self) -> GPUAvailability | None:
+        """Free GPUs for the spawn form; a 503 with a sentence when Docker cannot tell."""
         try:
-            pool = await self.gpu_pool()
+            pool = await self.gpu_pool()  # the first call makes the Docker client
+            snapshot = await pool.refresh()
         except InventoryError as e:
             self.log.warning("GPU inventory unavailable for the spawn form: %s", e)
             return None
         except Exception as e:
-            if not engine_unreachable(e):
+            refusal = _form_refusal(e)
+            if refusal is None:
                 raise
-            self.log.warning("Docker engine not answering; spawn form without GPU counts: %s", e)
-            return None
-        try:
-            snapshot = await pool.refresh()
-        except Exception as e:
-            if not engine_unreachable(e):
-                raise
-            self.log.warning("Docker engine not answering; spawn form without GPU counts: %s", e)
-            return None
+            self.log.warning("Spawn form refused (503), Docker cannot tell the free GPUs: %s", e)
+            raise refusal from None
         return GPUAvailability(
             pool.inventory.describe(), snapshot.free, snapshot.total, snapshot.queue_length
         )
@@ -540,6 +620,12 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         admin_create_kwargs = self._eval_if_callable(self.extra_create_kwargs)
         if asyncio.iscoroutine(admin_create_kwargs):
             admin_create_kwargs = await admin_create_kwargs
+        if not self.allow_host_access:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, docker_root_dir, self)
+            # Settings given as callables are only known now (the rest was checked at
+            # start-up): the same sentences, before anything is created.
+            self._refuse_at_spawn(self._admin_problems(admin_host_config, admin_create_kwargs))
         ours_create: dict[str, Any] = {"labels": self.workspace_labels(list(self.gpu_ids))}
         if self.hub_instance:
             ours_create["labels"][LABEL_HUB_INSTANCE] = self.hub_instance
@@ -551,21 +637,8 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         )
         self.extra_create_kwargs = _deep_merge(ours_create, admin_create_kwargs or {})
         try:
-            if not self.allow_host_access:
-                # Settings given as callables are only known now; the rest was checked at
-                # start-up.
-                problems = hardening.unsafe_host_config(
-                    self.extra_host_config, self._opt("extra_host_config")
-                ) + hardening.unsafe_create_kwargs(
-                    self.extra_create_kwargs, self._opt("extra_create_kwargs")
-                )
-                if problems:
-                    raise WorkspaceError(
-                        "This hub's container settings are unsafe, so nothing was started; "
-                        "tell an admin. " + "; ".join(problems),
-                        reason="config",
-                        status_code=500,
-                    )
+            # DockerSpawner merges these with its own and calls create_container, where
+            # docker() checks the final arguments
             return await super().create_object()  # type: ignore[no-any-return]
         finally:
             self.extra_host_config, self.extra_create_kwargs = saved
@@ -647,7 +720,19 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
 
         Cancelling the awaiting coroutine does not stop the thread: a ``create`` or ``start``
         can still land after a spawn was cancelled, so the clean-up waits for these.
+
+        ``create_container`` gets its final arguments checked here, after every merge (ours,
+        DockerSpawner's, the admin's, the profile's): whatever a merge let through, Docker
+        never sees a key off the allow-list.
         """
+        if method == "create_container" and not self.allow_host_access:
+            self._refuse_at_spawn(
+                hardening.unsafe_create_kwargs(
+                    kwargs,
+                    f"{type(self).__name__} final create_container arguments",
+                    self.refusal_rules(),
+                )
+            )
         future = self.executor.submit(self._docker, method, *args, **kwargs)
         calls = self._calls_in_threads()
         calls.add(future)
@@ -707,6 +792,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             # JupyterHub < 5.3 has no apply_user_options hook
             await self._apply_profile(self.user_options or {})
         self.check_image_allowed()
+        self.check_network_guard()
         try:
             await self._refuse_a_foreign_container()
             self.gpu_ids = await self._claim_gpus()

@@ -15,6 +15,7 @@ import posixpath
 import re
 import secrets
 import sys
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,8 +24,16 @@ from traitlets.config import Config
 
 from .hardening import host_path_problem
 from .inventory import InventoryError, discover_nvml, parse_static_inventory
-from .profiles import ProfileError, default_profiles_for, load_profiles_file, parse_profiles
-from .sizes import SizeError, parse_size
+from .profiles import (
+    HostResources,
+    Profile,
+    ProfileError,
+    default_profiles_for,
+    load_profiles_file,
+    parse_profiles,
+    unlimited_profile_warnings,
+)
+from .sizes import SizeError, format_size, parse_size
 from .workspace import LABEL_HUB_INSTANCE, LABEL_PREFIX_NAME
 
 log = logging.getLogger("gpu-workspaces")
@@ -102,13 +111,18 @@ def env_json_or_text(name: str) -> Any:
 
 
 def profiles_from_env(
-    name: str = "GPUWS_PROFILES_FILE", *, inventory: Any = ""
+    name: str = "GPUWS_PROFILES_FILE",
+    *,
+    inventory: Any = "",
+    host: HostResources | None = None,
 ) -> list[dict[str, Any]]:
     """Profiles from the YAML/JSON file the variable names, else the shipped defaults.
 
     The defaults (CPU, 1 GPU, 2 GPUs) are trimmed to the GPUs the host has (``inventory``:
     the static inventory, or empty to ask NVML), so a one-GPU box starts without a 2-GPU
-    profile; a profile file is taken as written and checked strictly.
+    profile, and carry memory and CPU limits derived from the Docker host (``host``, else
+    :func:`docker_host_resources`; no memory limit of their own when ``GPUWS_MEM_LIMIT`` sets
+    one for every server). A profile file is taken as written and checked strictly.
     """
     path = env_str(name)
     if not path:
@@ -123,7 +137,19 @@ def profiles_from_env(
                 total = len(discover_nvml())
             except InventoryError:
                 total = None  # the start-up check prints the preflight warning
-        return default_profiles_for(total)
+        host = host or docker_host_resources()
+        profiles = default_profiles_for(total, host, memory=env_size("GPUWS_MEM_LIMIT") is None)
+        if host is not None:
+            summary = "; ".join(
+                f"{p['slug']}: " + Profile(p["slug"], p["slug"], **_limits_of(p)).limits_summary()
+                for p in profiles
+            )
+            print(
+                f"[gpu-workspaces] the shipped profiles' limits, from {host.source} "
+                f"({host.cpus:g} CPUs, {format_size(host.memory)}): {summary}",
+                file=sys.stderr,
+            )
+        return profiles
     try:
         raw = load_profiles_file(path)
     except ProfileError as e:
@@ -131,6 +157,41 @@ def profiles_from_env(
     if not isinstance(raw, list):
         raise ConfigError(f"{name}: {path} must hold a list of profiles")
     return raw
+
+
+def _limits_of(profile: dict[str, Any]) -> dict[str, Any]:
+    return {key: profile[key] for key in ("mem_limit", "cpu_limit") if key in profile}
+
+
+def docker_host_resources(timeout: float = 5) -> HostResources | None:
+    """The Docker host's cores and memory (``docker info``: ``NCPU``, ``MemTotal``).
+
+    The engine is asked because it may be remote, and the hub may run in a container whose
+    own view is not the host's. When it does not answer (it is down, or not up yet), the
+    figures of this machine are used instead; None only when neither can be read. Never
+    raises: a hub must start without Docker (it keeps its servers, see ensure_network).
+    """
+    try:
+        import docker  # the config helpers stay importable without an engine for unit tests
+
+        client = docker.from_env(version="auto", timeout=timeout)
+        try:
+            info = client.info()
+        finally:
+            client.close()
+        cpus, memory = float(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+        if cpus > 0 and memory > 0:
+            return HostResources(cpus, memory, "the Docker engine")
+    except Exception as e:  # any failure here only means: ask this machine instead
+        log.debug("docker info failed: %s", e)
+    try:
+        cpus = float(os.cpu_count() or 0)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    if cpus > 0 and memory > 0:
+        return HostResources(cpus, memory, "this machine (the Docker engine did not answer)")
+    return None
 
 
 def _clean_absolute(path: str, *, name: str, entry: str, side: str) -> str:
@@ -353,6 +414,34 @@ def refuse_a_second_hub(probe: Any) -> None:
         )
 
 
+_WARNED: set[str] = set()
+
+
+def warn_unlimited_profiles(profiles: Sequence[Profile], probe: Any) -> None:
+    """Print one start-up warning per profile whose servers would run without a memory or CPU
+    limit (the spawner's own ``mem_limit`` / ``cpu_limit`` count for profiles without one);
+    once per process, however often the settings are checked."""
+    lines = unlimited_profile_warnings(
+        profiles, mem_limit=getattr(probe, "mem_limit", None), cpu_limit=probe.cpu_limit
+    )
+    for line in lines:
+        if line not in _WARNED:
+            _WARNED.add(line)
+            print(f"[gpu-workspaces] warning: {line}", file=sys.stderr)
+
+
+def _configured_spawner_class(config: Config) -> type:
+    """The GPU spawner class the config chose (``gpu-swarm`` after ``use_swarm``)."""
+    chosen = str(config.JupyterHub.get("spawner_class", "") or "")
+    if chosen in ("gpu-swarm", "spawner.swarm_spawner.GPUSwarmSpawner"):
+        from .swarm_spawner import GPUSwarmSpawner
+
+        return GPUSwarmSpawner
+    from .docker_spawner import GPUDockerSpawner
+
+    return GPUDockerSpawner
+
+
 def check_spawner_config(config: Config, spawner_class: type | None = None) -> None:
     """Validate the spawner's options and profiles at hub start-up, not at first spawn.
 
@@ -361,21 +450,26 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
     still starts (CPU profiles work) with a warning; GPU profiles are refused at spawn time.
     """
     if spawner_class is None:
-        from .docker_spawner import GPUDockerSpawner
-
-        spawner_class = GPUDockerSpawner
+        spawner_class = _configured_spawner_class(config)
     # Spawners render names from their user; a stand-in is enough to run the validators.
     stand_in_user = SimpleNamespace(name="config-check", groups=[], url="/user/config-check/")
     try:
         probe = spawner_class(config=config, user=stand_in_user)
+        # again with the engine's own data root (docker info), which the spawner built for
+        # each user only knows once it has been read
+        probe.check_refused_settings(read_engine=True)
     except (TraitError, ValueError) as e:
         raise ConfigError(str(e)) from None
     refuse_a_second_hub(probe)
     option = f"{spawner_class.__name__}.profiles"
     total: int | None = None
-    if probe.gpu_inventory not in ([], ""):
+    # A swarm has no inventory (Swarm counts the GPUs): its profiles are checked without one.
+    inventory = getattr(probe, "gpu_inventory", None)
+    if inventory is None:
+        pass  # the profiles are checked below, without a GPU total
+    elif inventory not in ([], ""):
         try:
-            total = len(parse_static_inventory(probe.gpu_inventory, option="gpu_inventory"))
+            total = len(parse_static_inventory(inventory, option="gpu_inventory"))
         except InventoryError as e:
             raise ConfigError(str(e)) from None
     elif any(int(p.get("gpus", 0) or 0) for p in probe.profiles if isinstance(p, dict)):
@@ -392,6 +486,7 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
             )
     if probe.profiles:
         try:
-            parse_profiles(probe.profiles, total_gpus=total, option=option)
+            parsed = parse_profiles(probe.profiles, total_gpus=total, option=option)
         except ProfileError as e:
             raise ConfigError(str(e)) from None
+        warn_unlimited_profiles(parsed, probe)

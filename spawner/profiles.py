@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from .sizes import SizeError, format_size, parse_size
+from .sizes import GiB, MiB, SizeError, format_size, parse_size
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
 #: At most this many characters of what a user sent are repeated back in a message.
@@ -101,13 +101,103 @@ DEFAULT_PROFILES: list[dict[str, Any]] = [
 ]
 
 
-def default_profiles_for(total_gpus: int | None) -> list[dict[str, Any]]:
-    """Copies of :data:`DEFAULT_PROFILES` without those asking for more GPUs than the host has."""
-    return [
+@dataclass(frozen=True)
+class HostResources:
+    """What the Docker host has: ``docker info``'s ``NCPU`` and ``MemTotal`` (bytes)."""
+
+    cpus: float
+    memory: int
+    source: str = "the Docker engine"  # where the figures came from, for the start-up log
+
+
+#: The CPU profile gets at most this share of the host (less when a GPU's share is smaller).
+CPU_PROFILE_SHARE = 1 / 4
+#: Held back for the host, dockerd and the hub: 10 % of the memory, between 1 and 8 GiB …
+HOST_MEMORY_RESERVE = (0.10, 1 * GiB, 8 * GiB)
+#: … and a core (a quarter of the cores on hosts with fewer than four).
+HOST_CPU_RESERVE = 1.0
+#: No derived limit is below this (unless the host itself has less to give).
+MIN_MEMORY_LIMIT = 512 * MiB
+MIN_CPU_LIMIT = 1.0
+
+
+def derived_limits(gpus: int, *, total_gpus: int | None, host: HostResources) -> tuple[int, float]:
+    """The memory limit (bytes) and CPU limit of a shipped profile, from the host's size.
+
+    A GPU profile gets its GPUs' share of what the host can give: on a host of 4 GPUs, 16
+    cores and 64 GiB, 1 GPU gets a quarter of 15 cores and of 57.6 GiB. The CPU profile
+    gets :data:`CPU_PROFILE_SHARE` of it, or one GPU's share when that is smaller. What the
+    host can give is its memory less :data:`HOST_MEMORY_RESERVE` and its cores less
+    :data:`HOST_CPU_RESERVE`. Memory is rounded down to a MiB, CPUs to a tenth, and neither
+    goes below :data:`MIN_MEMORY_LIMIT` / :data:`MIN_CPU_LIMIT` or above what the host gives.
+    """
+    fraction, low, high = HOST_MEMORY_RESERVE
+    reserve = min(max(int(host.memory * fraction), low), high, host.memory // 2)
+    memory = host.memory - reserve
+    cpus = host.cpus - min(HOST_CPU_RESERVE, host.cpus / 4)
+    known = total_gpus or 0
+    if gpus > 0:
+        share = gpus / max(known, gpus)
+    else:
+        share = min(CPU_PROFILE_SHARE, 1 / known) if known else CPU_PROFILE_SHARE
+    mem_limit = int(memory * share) // MiB * MiB
+    cpu_limit = math.floor(round(cpus * share * 10, 6)) / 10
+    return (
+        min(max(mem_limit, MIN_MEMORY_LIMIT), memory // MiB * MiB),
+        min(max(cpu_limit, MIN_CPU_LIMIT), cpus),
+    )
+
+
+def default_profiles_for(
+    total_gpus: int | None, host: HostResources | None = None, *, memory: bool = True
+) -> list[dict[str, Any]]:
+    """Copies of :data:`DEFAULT_PROFILES` without those asking for more GPUs than the host has.
+
+    With ``host``, each copy carries the ``mem_limit`` and ``cpu_limit`` of
+    :func:`derived_limits` (``memory=False``: only the CPU limit, for a hub whose admin set one
+    memory limit for every server); ``/dev/shm`` then follows the memory limit (half of it).
+    """
+    chosen = [
         dict(p)
         for p in DEFAULT_PROFILES
         if total_gpus is None or int(p.get("gpus", 0)) <= total_gpus
     ]
+    if host is not None:
+        for profile in chosen:
+            mem_limit, cpu_limit = derived_limits(
+                int(profile.get("gpus", 0)), total_gpus=total_gpus, host=host
+            )
+            if memory:
+                profile["mem_limit"] = mem_limit
+            profile["cpu_limit"] = cpu_limit
+    return chosen
+
+
+def unlimited_profile_warnings(
+    profiles: Sequence[Profile], *, mem_limit: object = None, cpu_limit: object = None
+) -> list[str]:
+    """One sentence per profile whose servers would run without a memory or CPU limit.
+
+    ``mem_limit`` and ``cpu_limit`` are the spawner's own (they apply where a profile sets
+    none); empty or zero means none.
+    """
+    lines = []
+    for p in profiles:
+        missing = [
+            name
+            for name, own, spawner_wide in (
+                ("memory", p.mem_limit, mem_limit),
+                ("CPU", p.cpu_limit, cpu_limit),
+            )
+            if own is None and not spawner_wide
+        ]
+        if missing:
+            lines.append(
+                f"profile '{p.slug}' has no {' and no '.join(missing)} limit: one of its servers "
+                "can take the whole host from the hub and every other user; give it mem_limit "
+                "and cpu_limit in a profiles file (docs/gpus.md: Default limits)"
+            )
+    return lines
 
 
 def _clip(value: object, limit: int = ECHO_LIMIT) -> str:
@@ -422,13 +512,16 @@ __all__ = [
     "ALLOWED_KEYS",
     "DEFAULT_PROFILES",
     "ECHO_LIMIT",
+    "HostResources",
     "Profile",
     "ProfileError",
     "UserOptionsError",
     "default_profile",
     "default_profiles_for",
+    "derived_limits",
     "load_profiles_file",
     "parse_profiles",
     "resolve_user_options",
+    "unlimited_profile_warnings",
     "visible_profiles",
 ]

@@ -50,7 +50,7 @@ from traitlets.config import Config
 
 from . import hardening
 from .allocator import QuotaExceeded, check_quota
-from .docker_spawner import engine_unreachable
+from .docker_spawner import docker_root_dir, engine_unreachable, known_docker_root
 from .errors import WorkspaceError
 from .pool import GroupQuotaExceeded
 from .reclaim import reclaimer
@@ -288,27 +288,55 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._check_swarm_options()
+        self.check_refused_settings()
 
     def _check_swarm_options(self) -> None:
-        """Refuse settings with no meaning on a swarm, and settings that hand notebooks the
-        host (see spawner/hardening.py), when the hub starts."""
+        """Refuse settings with no meaning on a swarm when the hub starts."""
         for name in ("gpu_device_ids", "all_gpus"):
             if getattr(self, name):
                 raise TraitError(
                     f"{self._opt(name)}: on a swarm the scheduler picks the GPUs; ask for a "
                     f"number of them with {self._opt('gpu_count')} or profiles instead"
                 )
+
+    def refusal_rules(self) -> hardening.Allowed:
+        """What the allow-list lets this hub's services name (spawner/hardening.py)."""
+        return hardening.Allowed(
+            images=self.allowed_workspace_images(), docker_root=known_docker_root(type(self))
+        )
+
+    def check_refused_settings(self, *, read_engine: bool = False) -> None:
+        """Refuse settings that hand notebooks a node (see spawner/hardening.py), naming the
+        option, when the hub starts; ``read_engine`` first asks the manager for its data
+        root. The whole service spec is checked again when it is built."""
         if self.allow_host_access:
             return
-        problems = hardening.unsafe_capabilities(self.cap_add, self._opt("cap_add"))
-        problems += hardening.unsafe_volumes(self.volumes, self._opt("volumes"))
-        problems += hardening.unsafe_volumes(self.read_only_volumes, self._opt("read_only_volumes"))
-        if problems:
-            raise TraitError(
-                "; ".join(problems)
-                + f". Notebook users run arbitrary code: remove the setting, or set "
-                f"{self._opt('allow_host_access')} = True to accept it (see SECURITY.md)."
+        if read_engine:
+            docker_root_dir(self)
+        allowed = self.refusal_rules()
+        opt = self._opt
+        problems = hardening.unsafe_capabilities(self.cap_add, opt("cap_add"))
+        problems += hardening.unsafe_volumes(self.volumes, opt("volumes"), allowed)
+        problems += hardening.unsafe_volumes(
+            self.read_only_volumes, opt("read_only_volumes"), allowed
+        )
+        if self.volume_driver or self.volume_driver_options:
+            problems += hardening.unsafe_driver_config(
+                self.volume_driver, self.volume_driver_options, opt("volume_driver"), allowed
             )
+        for name, table in (
+            ("extra_container_spec", hardening.CONTAINER_SPEC),
+            ("extra_resources_spec", hardening.RESOURCES),
+            ("extra_placement_spec", hardening.PLACEMENT),
+            ("extra_task_spec", hardening.TASK_TEMPLATE),
+            ("extra_endpoint_spec", hardening.ENDPOINT_SPEC),
+            ("extra_create_kwargs", hardening.SERVICE_SPEC),
+        ):
+            value = getattr(self, name)
+            if not callable(value):
+                problems += hardening.check(value or {}, table, opt(name), allowed)
+        if problems:
+            raise TraitError(hardening.refusal(problems, opt("allow_host_access")))
 
     # -- state ----------------------------------------------------------------------------
 
@@ -356,13 +384,23 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         return None
 
     async def gpu_availability(self) -> GPUAvailability | None:
+        """Free GPUs on the swarm for the spawn form; a 503 with a sentence when the manager
+        does not answer or answers with an error."""
         try:
             gpus = await self.swarm_gpus()
         except Exception as e:
             if not (engine_unreachable(e) or isinstance(e, docker.errors.APIError)):
                 raise
-            self.log.warning("Swarm manager not answering; spawn form without GPU counts: %s", e)
-            return None
+            self.log.warning("Spawn form refused (503), the Swarm manager did not answer: %s", e)
+            down = engine_unreachable(e)
+            raise WorkspaceError(
+                "The Swarm manager of this hub is "
+                + ("not answering" if down else "answering with errors")
+                + ", so no server can start right now and the free GPUs cannot be counted. "
+                "Running servers are kept; try again in a minute or tell an admin.",
+                reason="docker-unreachable" if down else "docker-error",
+                status_code=503,
+            ) from None
         return GPUAvailability(
             gpus.summary(self.gpu_resource_kind), gpus.free, gpus.total, gpus.waiting
         )
@@ -551,11 +589,28 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
             if self.gpu_count:
                 await self.check_gpu_quota(self.gpu_count)
             spec = await self.service_spec()
+            if not self.allow_host_access:
+                await self._refuse_an_unsafe_spec(spec)
             service: dict[str, Any] = await self.docker("create_service", **spec)
         self.object_id = service[self.object_id_key]
         while not await self.docker("tasks", filters={"service": self.object_id}):
             await asyncio.sleep(0.1)
         return service
+
+    async def _refuse_an_unsafe_spec(self, spec: Mapping[str, Any]) -> None:
+        """The final ``create_service`` arguments, after every merge, on the allow-list."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, docker_root_dir, self)
+        problems = hardening.unsafe_service_spec(
+            spec, f"{type(self).__name__} final create_service arguments", self.refusal_rules()
+        )
+        if problems:
+            raise WorkspaceError(
+                "This hub's service settings are unsafe, so nothing was started; tell an "
+                "admin. " + hardening.refusal(problems, self._opt("allow_host_access")),
+                reason="config",
+                status_code=500,
+            )
 
     async def remove_object(self) -> None:
         if not self.object_id:

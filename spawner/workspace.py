@@ -26,7 +26,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
 from traitlets.config import LoggingConfigurable
 
-from . import form
+from . import egress, form
 from .devices import (
     DEFAULT_CAPABILITIES,
     DeviceRequestError,
@@ -34,6 +34,7 @@ from .devices import (
     validate_device_id,
 )
 from .errors import WorkspaceError
+from .hardening import is_root_user
 from .profiles import (
     Profile,
     ProfileError,
@@ -245,7 +246,7 @@ class WorkspaceMixin(LoggingConfigurable):
     @validate("container_user")
     def _validate_user(self, proposal: dict[str, Any]) -> str:
         value = str(proposal["value"])
-        if value.split(":")[0] in ("0", "root"):
+        if is_root_user(value):  # "0", "00", "+0", " 0", "root": uid 0 to Docker
             raise TraitError(f"{self._opt('container_user')}: notebooks must not run as root")
         return value
 
@@ -337,6 +338,38 @@ class WorkspaceMixin(LoggingConfigurable):
         CPUs and all finish late; in turns of about one per CPU the first are up in seconds
         and the last no later. Unset: the number of CPUs of the hub's host. 0: no limit.""",
     )
+
+    network_guard_file = Unicode(
+        "",
+        config=True,
+        help="""Status file of the network guard (``python -m spawner netguard --ready-file``):
+        when set, no server starts unless the guard checked this hub's network's isolation
+        rules less than ``network_guard_max_age`` seconds ago, so isolation fails closed.
+        docker-compose.yaml sets it; empty: not checked (a host install without the guard).""",
+    )
+    network_guard_max_age = Float(
+        30.0,
+        min=1.0,
+        config=True,
+        help="Seconds after which the network guard's last check no longer counts.",
+    )
+
+    def check_network_guard(self) -> None:
+        """Refuse to start while network isolation is not confirmed (see network_guard_file)."""
+        if not self.network_guard_file:
+            return
+        try:
+            with open(self.network_guard_file) as f:
+                status: str | None = f.read()
+        except OSError:
+            status = None
+        network = str(getattr(self, "network_name", ""))
+        problem = egress.guard_status_problem(
+            status, network, time.time(), self.network_guard_max_age
+        )
+        if problem:
+            self.log.warning("spawn of %s refused: %s", self.user.name, problem)
+            raise WorkspaceError(problem, reason="network isolation", status_code=503)
 
     # the hub's start slots: (event loop, limit) -> semaphore, and how many hold or wait
     _start_slots: ClassVar[dict[tuple[int, int], asyncio.Semaphore]] = {}

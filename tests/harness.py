@@ -193,6 +193,8 @@ check_spawner_config(c)
                 "GPUWS_STATE_DIR": str(self.workdir / "state"),
                 "GPUWS_NETWORK": TEST_NETWORK,
                 "GPUWS_AUTHENTICATOR": "dummy",
+                # dummy is refused on a non-loopback bind: say where this hub listens
+                "GPUWS_BIND_URL": self.url,
                 "GPUWS_HOME_VOLUME": f"{self.prefix}-home-{{username}}",
                 "GPUWS_HUB_API_PORT": str(self.hub_api_port),
                 "GPUWS_NOTEBOOK_IMAGE": versions()["NOTEBOOK_CPU_IMAGE"],

@@ -1,6 +1,8 @@
 """What a person does on the default login (NativeAuthenticator), over plain HTTP.
 
-Sign up on /hub/signup, log in on /hub/login, and make an API token with the login session
+Sign up on /hub/signup (admin names are refused: the hub makes those accounts at start-up,
+with GPUWS_ADMIN_PASSWORD or the initial password it keeps in its state folder), log in on
+/hub/login, and make an API token with the login session
 (JupyterHub checks the ``_xsrf`` cookie against the ``X-XSRFToken`` header for cookie-
 authenticated API calls). Passwords and tokens stay in memory; nothing here prints them.
 """
@@ -9,10 +11,18 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
 import requests
 
 TIMEOUT = 30
+# Where the hub keeps the admins' generated initial password (spawner/nativeauth.py).
+INITIAL_PASSWORD_FILE = "initial_admin_password"
+
+
+def initial_admin_password(state_dir: Path) -> str:
+    """The admins' initial password the hub generated into its state folder (mode 0600)."""
+    return (state_dir / INITIAL_PASSWORD_FILE).read_text().strip()
 
 
 def sign_up(base_url: str, username: str, password: str) -> str:

@@ -1,6 +1,7 @@
 """The data scientist's path in a real browser (Debian's chromium), on the default login.
 
-The admin signs up, a second person signs up and is approved by the admin at
+The admin (whose account the hub made at start-up, with GPUWS_ADMIN_PASSWORD) logs in after
+a sign-up under the admin's name is refused; a second person signs up and is approved at
 /hub/authorize; each picks the 1-GPU profile on the spawn form, watches the progress page,
 gets JupyterLab and runs a cell that prints the GPU their container was given and the size
 of its /dev/shm; the admin's GPU dashboard then shows each GPU held by one of them. The GPUs
@@ -43,10 +44,12 @@ def _cell_values(output: str) -> dict[str, str]:
 
 
 def test_sign_up_spawn_a_gpu_and_run_a_cell(start_hub, docker_client, artifacts_dir):
+    admin_password = secrets.token_urlsafe(12)
     hub = start_hub(
         env={
             "GPUWS_AUTHENTICATOR": "native",
             "GPUWS_ADMIN_USERS": "boss",
+            "GPUWS_ADMIN_PASSWORD": admin_password,
             "GPUWS_GPU_INVENTORY": json.dumps(INVENTORY),
             "GPUWS_MEM_LIMIT": MEM_LIMIT,
         }
@@ -55,8 +58,8 @@ def test_sign_up_spawn_a_gpu_and_run_a_cell(start_hub, docker_client, artifacts_
     seen: dict[str, dict[str, str]] = {}
     with chromium() as browser:
         boss = new_page(browser)
-        assert "successful" in sign_up(boss, hub.url, "boss", password)
-        log_in(boss, hub.url, "boss", password)
+        assert "belongs to an administrator" in sign_up(boss, hub.url, "boss", password)
+        log_in(boss, hub.url, "boss", admin_password)
 
         # The spawn form: every default profile, with the GPU model and free counts.
         boss.wait_for_url("**/hub/spawn**")

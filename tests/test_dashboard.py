@@ -3,7 +3,13 @@ chromium against a real hub (test_operations.py)."""
 
 from __future__ import annotations
 
-from spawner.dashboard import dashboard_data, handlers, iso
+from typing import Any
+
+import docker
+import pytest
+import requests
+
+from spawner.dashboard import dashboard_data, docker_unavailable, handlers, iso
 from spawner.inventory import parse_static_inventory
 from spawner.pool import GPUView, Holding, PoolView, Waiting
 from spawner.reclaim import GPUSample
@@ -80,3 +86,33 @@ def test_iso_times_are_utc() -> None:
 
 def test_handlers_serve_the_page_and_the_json_under_the_hub() -> None:
     assert [pattern for pattern, _ in handlers()] == [r"/gpus", r"/api/gpus"]
+
+
+def _api_error() -> Exception:
+    response = requests.Response()
+    response.status_code = 500
+    return docker.errors.APIError("500 Server Error", response, explanation="engine is busy")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"error": requests.exceptions.ConnectionError("refused"), "says": "not answering"},
+        {"error": requests.exceptions.ReadTimeout("hung"), "says": "not answering"},
+        {"error": docker.errors.DockerException("no socket"), "says": "not answering"},
+        {"error": _api_error(), "says": "answered the GPU dashboard with an error (engine is"},
+        {"error": ValueError("a bug"), "says": None},
+        {"error": KeyError("Id"), "says": None},
+    ],
+)
+def test_docker_trouble_is_a_503_with_a_sentence_and_a_bug_stays_one(
+    case: dict[str, Any],
+) -> None:
+    answer = docker_unavailable(case["error"])
+    if case["says"] is None:
+        assert answer is None
+        return
+    assert answer is not None and answer.status_code == 503
+    message = answer.get_message()
+    assert case["says"] in message and message.endswith(".")
+    assert "Traceback" not in message

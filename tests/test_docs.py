@@ -426,3 +426,15 @@ def test_make_targets_are_found_in_command_position_only() -> None:
     assert make_targets_named("cd /srv && make -C . down STOP_SERVERS=1; ls") == ["down"]
     assert make_targets_named("images/base/make-base-image.sh --mirror m") == []
     assert make_targets_named("echo make up") == []
+
+
+def test_security_table_is_generated_from_the_tests_that_prove_it() -> None:
+    import security_claims
+
+    assert security_claims.missing_tests() == [], "rows name tests that do not exist"
+    assert all(tests for *_, tests in security_claims.ROWS), "a row names no test"
+    block = security_claims.current_block(security_claims.SECURITY_MD.read_text())
+    assert block == security_claims.render(), (
+        "SECURITY.md's table differs from tests/security_claims.py: run "
+        "`python tests/security_claims.py`"
+    )

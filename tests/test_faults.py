@@ -10,7 +10,13 @@ containers, GPU ids handed out) and records its figures in tests/artifacts/fault
 from __future__ import annotations
 
 import contextlib
+import html
+import http.server
+import json
+import socketserver
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -302,7 +308,8 @@ def _docker_daemon_restart(start_hub, docker_client, relay: SocketRelay) -> None
     }
     record_figures(FIGURES, "docker_daemon_restart", figures)
     assert not lost
-    assert pages == {"health": 200, "home": 200, "spawn_form": 200, "api_users": 200}
+    # the spawn form needs Docker to count the free GPUs: a 503 with a sentence, not a 500
+    assert pages == {"health": 200, "home": 200, "spawn_form": 503, "api_users": 200}
     assert during.status_code == 503, during.text
     assert "Docker engine" in during.json()["message"]
     assert kept_during_outage == set(plan), "servers were marked stopped while Docker was down"
@@ -360,12 +367,125 @@ def test_hub_started_while_docker_is_unreachable_keeps_its_servers(
     record_figures(FIGURES, "docker_unreachable_at_hub_start", figures)
     assert kept == {"du-a", "du-c"}
     assert reachable == {"du-a", "du-c"}
-    assert form_status == 200
+    assert form_status == 503  # the free GPUs cannot be counted: a sentence, not a 500
     assert during.status_code == 503 and "Docker engine" in during.json()["message"]
     assert after[("du-a", "")].id == before[("du-a", "")].id
     assert _gpus(docker_client, after[("du-new", "")]) == gpu_of_b
     assert _ready_servers(hub, users) == {"du-a", "du-new"}
     assert not orphans
+
+
+class _FailingEngine:
+    """Stands where the hub's Docker socket was and answers every API call with a 500 and a
+    JSON message, as an engine does when it fails a request (docker-py: ``APIError``)."""
+
+    def __init__(self, path: Path) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _fail(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                body = json.dumps({"message": "fault test: the engine failed this call"})
+                self.send_response(500)
+                # no keep-alive: once this engine is gone, no pooled connection still reaches it
+                self.close_connection = True
+                self.send_header("Connection", "close")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            do_GET = do_POST = do_DELETE = do_HEAD = _fail
+
+            def log_message(self, *args: Any) -> None:  # unix sockets have no client address
+                pass
+
+        path.unlink(missing_ok=True)
+        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        self.server.daemon_threads = True
+        self.path = path
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _FailingEngine:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.path.unlink(missing_ok=True)
+
+
+def _pages(hub: Any, admin: requests.Session, viewer: requests.Session) -> dict[str, Any]:
+    """The dashboard (page and JSON, as an admin and with a service token) and the form."""
+    answers = {
+        "dashboard_page": admin.get(f"{hub.url}/hub/gpus", timeout=30),
+        "dashboard_json": admin.get(f"{hub.url}/hub/api/gpus", timeout=30),
+        "dashboard_json_token": hub.api("GET", "/gpus"),
+        "spawn_form": viewer.get(f"{hub.url}/hub/spawn/d5-viewer", timeout=30),
+    }
+    return answers
+
+
+def test_dashboard_and_spawn_form_answer_503_with_a_sentence_while_docker_fails(
+    start_hub, docker_client, tmp_path
+) -> None:
+    relay = SocketRelay(tmp_path / "hub-docker.sock")
+    relay.open()
+    try:
+        hub = start_hub(
+            env={
+                "GPUWS_GPU_INVENTORY": "2",
+                "GPUWS_GPU_WAIT_TIMEOUT": "0",
+                "DOCKER_HOST": relay.docker_host,
+                "GPUWS_ADMIN_USERS": "d5-admin",
+            }
+        )
+        hub.spawn("d5-gpu", {"profile": "gpu-1"})
+        admin, viewer = hub.login("d5-admin"), hub.login("d5-viewer")
+        before = _pages(hub, admin, viewer)
+        log_start = len(hub.log_path.read_bytes())
+
+        relay.close()  # the hub's way to Docker is gone: connections refused
+        down = _pages(hub, admin, viewer)
+        with _FailingEngine(relay.path):  # Docker answers, with an error to every call
+            failing = _pages(hub, admin, viewer)
+        relay.open()
+        after = _pages(hub, admin, viewer)
+        log = hub.log_path.read_bytes()[log_start:].decode(errors="replace")
+    finally:
+        relay.close()
+
+    def statuses(answers: dict[str, Any]) -> dict[str, int]:
+        return {name: r.status_code for name, r in answers.items()}
+
+    figures = {
+        "before": statuses(before),
+        "docker_unreachable": statuses(down),
+        "docker_api_error": statuses(failing),
+        "after": statuses(after),
+        "tracebacks_in_hub_log": log.count("Traceback"),
+    }
+    record_figures(FIGURES, "dashboard_and_form_while_docker_fails", figures)
+    assert set(figures["before"].values()) == {200}, figures
+    assert set(figures["docker_unreachable"].values()) == {503}, figures
+    assert set(figures["docker_api_error"].values()) == {503}, figures
+    assert set(figures["after"].values()) == {200}, figures
+    for answers, says in ((down, "is not answering"), (failing, "with an error")):
+        for name in ("dashboard_json", "dashboard_json_token"):
+            body = answers[name].json()
+            assert answers[name].headers["Content-Type"].startswith("application/json")
+            assert body["status"] == 503 and says in body["message"], body
+        for name in ("dashboard_page", "spawn_form"):
+            page = answers[name]
+            assert page.headers["Content-Type"].startswith("text/html"), name
+            assert says in html.unescape(page.text) and "try again" in page.text.lower()
+            assert "Traceback" not in page.text
+    assert figures["tracebacks_in_hub_log"] == 0, log[-4000:]
+    # Docker back: the form and the dashboard count from Docker again, the server held one GPU
+    assert "1 of 2 GPUs free" in after["spawn_form"].text
+    assert after["dashboard_json"].json()["summary"]["allocated"] == 1
 
 
 def _progress_until_done(hub: Any, user: str) -> list[dict[str, Any]]:

@@ -1,11 +1,18 @@
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import docker
 import pytest
+import requests
+from traitlets.config import Config
 
+from spawner.docker_spawner import _form_refusal
+from spawner.errors import WorkspaceError
 from spawner.form import TEMPLATE_NAME, availability_text, options_from_form, render_form
 from spawner.profiles import DEFAULT_PROFILES, Profile, parse_profiles
+from spawner.swarm_spawner import GPUSwarmSpawner
 
 PROFILES = parse_profiles(DEFAULT_PROFILES, total_gpus=8)
 X = "\N{MULTIPLICATION SIGN}"  # what describe() writes between count and name
@@ -245,3 +252,53 @@ def test_an_admin_folder_without_the_template_falls_back_to_the_packaged_one(
 )
 def test_options_from_form(formdata: dict[str, list[str]], options: dict[str, Any]) -> None:
     assert options_from_form(formdata) == options
+
+
+def _api_error() -> Exception:
+    response = requests.Response()
+    response.status_code = 500
+    return docker.errors.APIError("500 Server Error", response, explanation="engine is busy")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"error": requests.exceptions.ConnectionError("refused"), "says": "is not answering"},
+        {"error": requests.exceptions.ReadTimeout("hung"), "says": "is not answering"},
+        {"error": docker.errors.DockerException("no socket"), "says": "is not answering"},
+        {"error": _api_error(), "says": "answered with an error"},
+        {"error": ValueError("a bug"), "says": None},
+    ],
+)
+def test_the_form_is_a_503_with_a_sentence_when_docker_cannot_count_the_gpus(
+    case: dict[str, Any],
+) -> None:
+    refusal = _form_refusal(case["error"])
+    if case["says"] is None:
+        assert refusal is None  # a bug is raised as it is
+        return
+    assert refusal is not None and refusal.status_code == 503
+    assert case["says"] in refusal.jupyterhub_message
+    assert "try again in a minute" in refusal.jupyterhub_message
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"error": requests.exceptions.ConnectionError("refused"), "says": "is not answering"},
+        {"error": _api_error(), "says": "is answering with errors"},
+    ],
+)
+async def test_the_swarm_form_is_a_503_with_a_sentence_when_the_manager_fails(
+    monkeypatch: pytest.MonkeyPatch, case: dict[str, Any]
+) -> None:
+    async def failing(self: Any) -> None:
+        raise case["error"]
+
+    monkeypatch.setattr(GPUSwarmSpawner, "swarm_gpus", failing)
+    user = SimpleNamespace(name="form-user", groups=[], url="/user/form-user/")
+    spawner = GPUSwarmSpawner(config=Config(), user=user)
+    with pytest.raises(WorkspaceError) as refused:
+        await spawner.gpu_availability()
+    assert refused.value.status_code == 503
+    assert case["says"] in refused.value.jupyterhub_message

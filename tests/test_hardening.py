@@ -38,6 +38,7 @@ from spawner.hardening import (
 from spawner.names import MAX_NAME_PART, escape_name
 
 OPT = "GPUDockerSpawner.x"
+NNP = "no-new-privileges:true"  # the hub's own entry, which an admin's list must keep
 
 
 # -- names ---------------------------------------------------------------------------------
@@ -182,12 +183,12 @@ def test_volumes_and_mounts() -> None:
         ({"mounts": [{"type": "bind", "source": "/", "target": "/host"}]}, "mounts"),
         ({"devices": ["/dev/fuse:/dev/fuse:rwm"]}, "devices"),
         ({"volumes_from": ["hub"]}, "volumes_from"),
-        ({"security_opt": ["seccomp=unconfined"]}, "seccomp"),
-        ({"security_opt": ["seccomp:unconfined"]}, "seccomp"),
-        ({"security_opt": ["apparmor=unconfined"]}, "AppArmor"),
+        ({"security_opt": [NNP, "seccomp=unconfined"]}, "seccomp"),
+        ({"security_opt": [NNP, "seccomp:unconfined"]}, "seccomp"),
+        ({"security_opt": [NNP, "apparmor=unconfined"]}, "AppArmor"),
         ({"security_opt": ["no-new-privileges:false"]}, "setuid"),
-        ({"security_opt": ["label=disable"]}, "SELinux"),
-        ({"security_opt": ["systempaths=unconfined"]}, "unmasks"),
+        ({"security_opt": [NNP, "label=disable"]}, "SELinux"),
+        ({"security_opt": [NNP, "systempaths=unconfined"]}, "unmasks"),
         ({"cap_add": ["SYS_ADMIN"]}, "SYS_ADMIN"),
         ({"cap_add": ["ALL"]}, "ALL"),
         ({"cap_drop": ["NET_RAW"]}, "cap_drop"),

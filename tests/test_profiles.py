@@ -1,28 +1,37 @@
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from traitlets.config import Config
 
+from spawner import hubconfig
+from spawner.hubconfig import check_spawner_config, docker_host_resources, profiles_from_env
 from spawner.profiles import (
     ALLOWED_KEYS,
     DEFAULT_PROFILES,
     ECHO_LIMIT,
+    HostResources,
     Profile,
     ProfileError,
     UserOptionsError,
     default_profile,
     default_profiles_for,
+    derived_limits,
     load_profiles_file,
     parse_profiles,
     resolve_user_options,
+    unlimited_profile_warnings,
     visible_profiles,
 )
+from spawner.sizes import derive_shm_size
 
 GiB = 1024**3
 MiB = 1024**2
+MIN_MEMORY = 512 * MiB  # spawner.profiles.MIN_MEMORY_LIMIT, written out
 
 
 def test_default_profiles_parse_on_a_two_gpu_host() -> None:
@@ -50,6 +59,134 @@ def test_default_profiles_for(total_gpus: int | None, slugs: list[str]) -> None:
     parse_profiles(chosen, total_gpus=total_gpus)
     chosen[0]["slug"] = "changed"
     assert DEFAULT_PROFILES[0]["slug"] == "cpu"  # copies
+
+
+# Host → limits of one shipped profile. The host keeps 10 % of its memory (1-8 GiB, at most
+# half) and a core (a quarter on hosts under 4 cores); a GPU profile gets its GPUs' share of
+# the rest, the CPU profile a quarter or one GPU's share, whichever is less.
+@pytest.mark.parametrize(
+    "case",
+    [
+        # 16 cores, 64 GiB, 4 GPUs: 15 cores and 57.6 GiB to share
+        {"cpus": 16, "gib": 64, "total": 4, "gpus": 1, "mem_mib": 14745, "cpu": 3.7},
+        {"cpus": 16, "gib": 64, "total": 4, "gpus": 2, "mem_mib": 29491, "cpu": 7.5},
+        {"cpus": 16, "gib": 64, "total": 4, "gpus": 4, "mem_mib": 58982, "cpu": 15.0},
+        {"cpus": 16, "gib": 64, "total": 4, "gpus": 0, "mem_mib": 14745, "cpu": 3.7},
+        # 8 GPUs: the reserve stops at 8 GiB; the CPU profile gets one GPU's share (1/8)
+        {"cpus": 64, "gib": 512, "total": 8, "gpus": 1, "mem_mib": 64512, "cpu": 7.8},
+        {"cpus": 64, "gib": 512, "total": 8, "gpus": 0, "mem_mib": 64512, "cpu": 7.8},
+        # 2 GPUs: the CPU profile gets a quarter, less than a GPU's half
+        {"cpus": 8, "gib": 32, "total": 2, "gpus": 1, "mem_mib": 14745, "cpu": 3.5},
+        {"cpus": 8, "gib": 32, "total": 2, "gpus": 0, "mem_mib": 7372, "cpu": 1.7},
+        # no GPU: a quarter; never under 1 CPU (0.75 here) …
+        {"cpus": 4, "gib": 8, "total": 0, "gpus": 0, "mem_mib": 1792, "cpu": 1.0},
+        # … nor under 512 MiB, nor above what a tiny host gives (1 GiB, 1 core)
+        {"cpus": 1, "gib": 1, "total": 0, "gpus": 0, "mem_mib": 512, "cpu": 0.75},
+        # GPUs unknown (NVML failed): a GPU profile is refused at spawn; its limit is all
+        {"cpus": 16, "gib": 64, "total": None, "gpus": 2, "mem_mib": 58982, "cpu": 15.0},
+        {"cpus": 16, "gib": 64, "total": None, "gpus": 0, "mem_mib": 14745, "cpu": 3.7},
+    ],
+)
+def test_derived_limits(case: dict[str, Any]) -> None:
+    host = HostResources(cpus=case["cpus"], memory=case["gib"] * GiB)
+    mem_limit, cpu_limit = derived_limits(case["gpus"], total_gpus=case["total"], host=host)
+    assert (mem_limit, cpu_limit) == (case["mem_mib"] * MiB, case["cpu"])
+    assert mem_limit <= host.memory - min(host.memory // 10, 8 * GiB)
+    assert cpu_limit < host.cpus
+
+
+def test_shipped_profiles_carry_the_derived_limits_and_shm_follows() -> None:
+    host = HostResources(cpus=16, memory=64 * GiB)
+    chosen = default_profiles_for(4, host)
+    profiles = parse_profiles(chosen, total_gpus=4)
+    assert [(p.slug, p.mem_limit, p.cpu_limit, p.shm_size) for p in profiles] == [
+        ("cpu", 14745 * MiB, 3.7, None),
+        ("gpu-1", 14745 * MiB, 3.7, None),
+        ("gpu-2", 29491 * MiB, 7.5, None),
+    ]
+    # /dev/shm: half the memory limit, as for any profile without its own shm_size
+    assert derive_shm_size(explicit=None, mem_limit=profiles[2].mem_limit, default=GiB) == (
+        29491 * MiB // 2 // MiB * MiB
+    )
+    assert not unlimited_profile_warnings(profiles)
+    # GPUWS_MEM_LIMIT set: that one memory limit applies, the profiles keep only their CPUs
+    cpus_only = default_profiles_for(4, host, memory=False)
+    assert [("mem_limit" in p, p["cpu_limit"]) for p in cpus_only] == [
+        (False, 3.7),
+        (False, 3.7),
+        (False, 7.5),
+    ]
+    assert "mem_limit" not in DEFAULT_PROFILES[1]  # copies
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"profile": {}, "spawner": {}, "missing": "no memory and no CPU limit"},
+        {"profile": {"mem_limit": GiB}, "spawner": {}, "missing": "no CPU limit"},
+        {"profile": {"cpu_limit": 2.0}, "spawner": {}, "missing": "no memory limit"},
+        {"profile": {"cpu_limit": 2.0}, "spawner": {"mem_limit": "4G"}, "missing": None},
+        {"profile": {}, "spawner": {"mem_limit": GiB, "cpu_limit": 1.0}, "missing": None},
+        {"profile": {"mem_limit": GiB, "cpu_limit": 1.0}, "spawner": {}, "missing": None},
+        {"profile": {}, "spawner": {"mem_limit": 0, "cpu_limit": 0.0}, "missing": "no memory"},
+    ],
+)
+def test_a_profile_without_limits_is_named_in_one_warning(case: dict[str, Any]) -> None:
+    lines = unlimited_profile_warnings(
+        [Profile("big", "Big", **case["profile"])],
+        mem_limit=case["spawner"].get("mem_limit"),
+        cpu_limit=case["spawner"].get("cpu_limit"),
+    )
+    if case["missing"] is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1
+        assert lines[0].startswith(f"profile 'big' has {case['missing']}")
+        assert "mem_limit and cpu_limit" in lines[0]
+
+
+def test_start_up_warns_once_per_profile_without_limits(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(hubconfig, "_WARNED", set())
+    config = Config()
+    config.GPUDockerSpawner.gpu_inventory = "2"
+    config.GPUDockerSpawner.profiles = [
+        {"slug": "free-for-all", "display_name": "No limits"},
+        {"slug": "capped", "display_name": "Capped", "mem_limit": "2g", "cpu_limit": 1},
+        {"slug": "no-cpu-cap", "display_name": "RAM only", "gpus": 1, "mem_limit": "2g"},
+    ]
+    check_spawner_config(config)
+    check_spawner_config(config)  # checked twice (as the tests' hubs do): still one each
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert [w.split("profile ")[1].split(" has")[0] for w in warnings] == [
+        "'free-for-all'",
+        "'no-cpu-cap'",
+    ]
+    assert "has no memory and no CPU limit" in warnings[0]
+    assert "has no CPU limit" in warnings[1]
+
+
+def test_shipped_profiles_fall_back_to_this_machine_when_docker_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GPUWS_PROFILES_FILE", raising=False)
+    monkeypatch.delenv("GPUWS_MEM_LIMIT", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine-here.sock")
+    host = docker_host_resources(timeout=2)
+    assert host is not None and host.source.startswith("this machine")
+    assert host.cpus == os.cpu_count()
+    with open("/proc/meminfo") as f:
+        mem_total_kib = int(f.readline().split()[1])
+    assert host.memory == pytest.approx(mem_total_kib * 1024, rel=0.01)
+    profiles = parse_profiles(profiles_from_env(inventory="2"), total_gpus=2)
+    assert [p.slug for p in profiles] == ["cpu", "gpu-1", "gpu-2"]
+    for p in profiles:
+        assert (p.mem_limit, p.cpu_limit) == derived_limits(p.gpus, total_gpus=2, host=host)
+    assert "the shipped profiles' limits, from this machine" in capsys.readouterr().err
+    # GPUWS_MEM_LIMIT: one memory limit for every server, so none of the profiles' own
+    monkeypatch.setenv("GPUWS_MEM_LIMIT", "3g")
+    assert all("mem_limit" not in p for p in profiles_from_env(inventory="2"))
 
 
 def test_allowed_keys() -> None:
@@ -500,3 +637,52 @@ def test_resolve_user_options_fuzz(options: object, visible: tuple[Profile, ...]
     assert profile in visible
     assert set(options) <= {"profile"}
     assert options.get("profile", profile.slug) == profile.slug
+
+
+def _cgroup_limits(container: Any) -> tuple[str, str, int]:
+    """memory.max, cpu.max (cgroup v2; v1's files otherwise) and the size of /dev/shm, read
+    inside the container: what the kernel enforces."""
+    script = (
+        "cat /sys/fs/cgroup/memory.max 2>/dev/null"
+        " || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; echo;"
+        " cat /sys/fs/cgroup/cpu.max 2>/dev/null"
+        " || echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)"
+        " $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us);"
+        " df -B1 --output=size /dev/shm | tail -1"
+    )
+    code, out = container.exec_run(["sh", "-c", script])
+    assert code == 0, out
+    memory, cpu, shm = [line.strip() for line in out.decode().splitlines() if line.strip()]
+    return memory, cpu, int(shm)
+
+
+@pytest.mark.docker
+def test_shipped_profiles_give_each_server_its_share_of_the_docker_host(
+    start_hub: Any, docker_client: Any
+) -> None:
+    hub = start_hub(env={"GPUWS_GPU_INVENTORY": "4", "GPUWS_GPU_WAIT_TIMEOUT": "0"})
+    info = docker_client.info()  # the hub asked the same engine
+    host = HostResources(cpus=float(info["NCPU"]), memory=int(info["MemTotal"]))
+    figures = {}
+    for user, slug, gpus in (("lim-cpu", "cpu", 0), ("lim-g1", "gpu-1", 1), ("lim-g2", "gpu-2", 2)):
+        hub.spawn(user, {"profile": slug})
+        attrs = hub.server_container(docker_client, user).attrs["HostConfig"]
+        memory, cpus = derived_limits(gpus, total_gpus=4, host=host)
+        shm = memory // 2 // MiB * MiB
+        assert attrs["Memory"] == memory, slug
+        assert attrs["CpuQuota"] == int(cpus * attrs["CpuPeriod"]), slug
+        assert attrs["ShmSize"] == shm, slug
+        inside = _cgroup_limits(hub.server_container(docker_client, user))
+        assert inside == (str(memory), f"{attrs['CpuQuota']} {attrs['CpuPeriod']}", shm), slug
+        # independent of the rule: a GPU's share (or the CPU profile's quarter) of the memory
+        # the host has, less the host's reserve of at most a tenth (1 GiB at least)
+        share = max(gpus, 1) / 4
+        reserve = max(host.memory // 10, GiB)
+        assert max(MIN_MEMORY, share * (host.memory - reserve)) - MiB <= memory, slug
+        assert memory <= max(MIN_MEMORY, share * host.memory), slug
+        assert cpus <= max(1.0, share * host.cpus), slug
+        figures[slug] = {"memory_mib": memory // MiB, "cpus": cpus, "shm_mib": shm // MiB}
+    print(f"host {host.cpus:g} CPUs, {host.memory // MiB} MiB: {figures}")
+    log = hub.log_path.read_text(errors="replace")
+    assert "the shipped profiles' limits, from the Docker engine" in log
+    assert "has no memory" not in log and "has no CPU" not in log
