@@ -313,11 +313,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             docker_root_dir(self)
         allowed = self.refusal_rules()
         opt = self._opt
-        problems = hardening.unsafe_capabilities(self.cap_add, opt("cap_add"))
-        problems += hardening.unsafe_volumes(self.volumes, opt("volumes"), allowed)
-        problems += hardening.unsafe_volumes(
-            self.read_only_volumes, opt("read_only_volumes"), allowed
-        )
+        problems = self.shared_setting_problems(allowed)
         problems += hardening.unsafe_mounts(self.mounts, opt("mounts"), allowed)
         problems += self._admin_problems(self.extra_host_config, self.extra_create_kwargs)
         if problems:
@@ -337,15 +333,6 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
                 create_kwargs or {}, self._opt("extra_create_kwargs"), allowed
             )
         return problems
-
-    def _refuse_at_spawn(self, problems: list[str]) -> None:
-        if problems:
-            raise WorkspaceError(
-                "This hub's container settings are unsafe, so nothing was started; tell an "
-                "admin. " + hardening.refusal(problems, self._opt("allow_host_access")),
-                reason="config",
-                status_code=500,
-            )
 
     # (prefix, docker_threads and the executor are shared with the Swarm spawner: workspace.py)
 

@@ -315,11 +315,7 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
             docker_root_dir(self)
         allowed = self.refusal_rules()
         opt = self._opt
-        problems = hardening.unsafe_capabilities(self.cap_add, opt("cap_add"))
-        problems += hardening.unsafe_volumes(self.volumes, opt("volumes"), allowed)
-        problems += hardening.unsafe_volumes(
-            self.read_only_volumes, opt("read_only_volumes"), allowed
-        )
+        problems = self.shared_setting_problems(allowed)
         if self.volume_driver or self.volume_driver_options:
             problems += hardening.unsafe_driver_config(
                 self.volume_driver, self.volume_driver_options, opt("volume_driver"), allowed
@@ -604,13 +600,7 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         problems = hardening.unsafe_service_spec(
             spec, f"{type(self).__name__} final create_service arguments", self.refusal_rules()
         )
-        if problems:
-            raise WorkspaceError(
-                "This hub's service settings are unsafe, so nothing was started; tell an "
-                "admin. " + hardening.refusal(problems, self._opt("allow_host_access")),
-                reason="config",
-                status_code=500,
-            )
+        self._refuse_at_spawn(problems, "service")
 
     async def remove_object(self) -> None:
         if not self.object_id:

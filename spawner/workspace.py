@@ -26,7 +26,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
 from traitlets.config import LoggingConfigurable
 
-from . import egress, form
+from . import egress, form, hardening
 from .devices import (
     DEFAULT_CAPABILITIES,
     DeviceRequestError,
@@ -93,6 +93,8 @@ class WorkspaceMixin(LoggingConfigurable):
         name: str
         prefix: str
         http_timeout: int
+        volumes: dict[str, Any]
+        read_only_volumes: dict[str, Any]
 
     # -- GPUs requested directly (no profiles) --------------------------------------------
 
@@ -412,6 +414,26 @@ class WorkspaceMixin(LoggingConfigurable):
 
     def _opt(self, name: str) -> str:
         return f"{self.__class__.__name__}.{name}"
+
+    def _refuse_at_spawn(self, problems: list[str], what: str = "container") -> None:
+        """End a spawn whose final settings are unsafe (before anything is created)."""
+        if problems:
+            raise WorkspaceError(
+                f"This hub's {what} settings are unsafe, so nothing was started; tell an "
+                "admin. " + hardening.refusal(problems, self._opt("allow_host_access")),
+                reason="config",
+                status_code=500,
+            )
+
+    def shared_setting_problems(self, allowed: hardening.Allowed) -> list[str]:
+        """What is unsafe in the settings both backends read the same way (capabilities,
+        volumes), each sentence naming its option; a backend adds its own settings' checks."""
+        problems = hardening.unsafe_capabilities(self.cap_add, self._opt("cap_add"))
+        problems += hardening.unsafe_volumes(self.volumes, self._opt("volumes"), allowed)
+        problems += hardening.unsafe_volumes(
+            self.read_only_volumes, self._opt("read_only_volumes"), allowed
+        )
+        return problems
 
     def _check_gpu_options(self) -> None:
         chosen = [

@@ -19,6 +19,7 @@ from typing import Any
 
 import docker
 import engine
+import requests
 
 DOCKER_PIDFILE = Path("/var/run/docker.pid")
 DOCKER_LOCK = Path("/tmp/gpuws-docker.lock")
@@ -45,6 +46,25 @@ def record_figures(file_name: str, scenario: str, figures: dict[str, Any]) -> di
 
 
 # -- the private daemon ---------------------------------------------------------------------
+
+
+def docker_api_error(explanation: str = "engine is busy") -> docker.errors.APIError:
+    """What docker-py raises when the engine answers a call with a 500."""
+    response = requests.Response()
+    response.status_code = 500
+    return docker.errors.APIError("500 Server Error", response, explanation=explanation)
+
+
+#: What a Docker call can fail with, and which kind of trouble it is: "down" (the engine does
+#: not answer), "error" (it answers with an error) or None (not Docker's doing: a bug).
+DOCKER_TROUBLE: list[tuple[Exception, str | None]] = [
+    (requests.exceptions.ConnectionError("refused"), "down"),
+    (requests.exceptions.ReadTimeout("hung"), "down"),
+    (docker.errors.DockerException("no socket"), "down"),
+    (docker_api_error(), "error"),
+    (ValueError("a bug"), None),
+    (KeyError("Id"), None),
+]
 
 
 @dataclass

@@ -3,11 +3,8 @@ chromium against a real hub (test_operations.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import docker
 import pytest
-import requests
+from faults import DOCKER_TROUBLE
 
 from spawner.dashboard import dashboard_data, docker_unavailable, handlers, iso
 from spawner.inventory import parse_static_inventory
@@ -88,31 +85,18 @@ def test_handlers_serve_the_page_and_the_json_under_the_hub() -> None:
     assert [pattern for pattern, _ in handlers()] == [r"/gpus", r"/api/gpus"]
 
 
-def _api_error() -> Exception:
-    response = requests.Response()
-    response.status_code = 500
-    return docker.errors.APIError("500 Server Error", response, explanation="engine is busy")
+SAYS = {"down": "not answering", "error": "answered the GPU dashboard with an error (engine is"}
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        {"error": requests.exceptions.ConnectionError("refused"), "says": "not answering"},
-        {"error": requests.exceptions.ReadTimeout("hung"), "says": "not answering"},
-        {"error": docker.errors.DockerException("no socket"), "says": "not answering"},
-        {"error": _api_error(), "says": "answered the GPU dashboard with an error (engine is"},
-        {"error": ValueError("a bug"), "says": None},
-        {"error": KeyError("Id"), "says": None},
-    ],
-)
+@pytest.mark.parametrize(("error", "trouble"), DOCKER_TROUBLE)
 def test_docker_trouble_is_a_503_with_a_sentence_and_a_bug_stays_one(
-    case: dict[str, Any],
+    error: Exception, trouble: str | None
 ) -> None:
-    answer = docker_unavailable(case["error"])
-    if case["says"] is None:
+    answer = docker_unavailable(error)
+    if trouble is None:
         assert answer is None
         return
     assert answer is not None and answer.status_code == 503
     message = answer.get_message()
-    assert case["says"] in message and message.endswith(".")
+    assert SAYS[trouble] in message and message.endswith(".")
     assert "Traceback" not in message

@@ -3,9 +3,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import docker
 import pytest
 import requests
+from faults import DOCKER_TROUBLE, docker_api_error
 from traitlets.config import Config
 
 from spawner.docker_spawner import _form_refusal
@@ -254,31 +254,19 @@ def test_options_from_form(formdata: dict[str, list[str]], options: dict[str, An
     assert options_from_form(formdata) == options
 
 
-def _api_error() -> Exception:
-    response = requests.Response()
-    response.status_code = 500
-    return docker.errors.APIError("500 Server Error", response, explanation="engine is busy")
+FORM_SAYS = {"down": "is not answering", "error": "answered with an error"}
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        {"error": requests.exceptions.ConnectionError("refused"), "says": "is not answering"},
-        {"error": requests.exceptions.ReadTimeout("hung"), "says": "is not answering"},
-        {"error": docker.errors.DockerException("no socket"), "says": "is not answering"},
-        {"error": _api_error(), "says": "answered with an error"},
-        {"error": ValueError("a bug"), "says": None},
-    ],
-)
+@pytest.mark.parametrize(("error", "trouble"), DOCKER_TROUBLE)
 def test_the_form_is_a_503_with_a_sentence_when_docker_cannot_count_the_gpus(
-    case: dict[str, Any],
+    error: Exception, trouble: str | None
 ) -> None:
-    refusal = _form_refusal(case["error"])
-    if case["says"] is None:
+    refusal = _form_refusal(error)
+    if trouble is None:
         assert refusal is None  # a bug is raised as it is
         return
     assert refusal is not None and refusal.status_code == 503
-    assert case["says"] in refusal.jupyterhub_message
+    assert FORM_SAYS[trouble] in refusal.jupyterhub_message
     assert "try again in a minute" in refusal.jupyterhub_message
 
 
@@ -286,7 +274,7 @@ def test_the_form_is_a_503_with_a_sentence_when_docker_cannot_count_the_gpus(
     "case",
     [
         {"error": requests.exceptions.ConnectionError("refused"), "says": "is not answering"},
-        {"error": _api_error(), "says": "is answering with errors"},
+        {"error": docker_api_error(), "says": "is answering with errors"},
     ],
 )
 async def test_the_swarm_form_is_a_503_with_a_sentence_when_the_manager_fails(
