@@ -31,14 +31,6 @@ TEMPLATE = "gpu_dashboard.html.j2"
 #: The scope that lets one see the dashboard: admins hold it, plain users do not.
 REQUIRED_SCOPE = "admin:servers"
 REFRESH_SECONDS = 3
-ENGINE_DOWN = (
-    "The Docker engine of this hub is not answering, so the GPU dashboard cannot tell who holds "
-    "which GPU right now. Running servers are kept; try again in a minute, once Docker answers."
-)
-ENGINE_ERROR = (
-    "The Docker engine of this hub answered the GPU dashboard with an error ({}), so it cannot "
-    "tell who holds which GPU right now; try again in a minute or look at the hub's log."
-)
 
 
 def iso(unix_time: float | None) -> str | None:
@@ -129,20 +121,13 @@ def dashboard_data(
 
 
 def docker_unavailable(error: BaseException) -> web.HTTPError | None:
-    """The 503 the page and the JSON answer when Docker cannot say who holds which GPU:
-    ``error`` means the engine is not answering, or answered with an API error. None for any
-    other error, which is raised as it is (a bug should still show as one)."""
-    import docker  # the hub has it; this module stays importable for the pure tests
+    """The 503 the page and the JSON answer when Docker cannot say who holds which GPU; None
+    for any other error (see :func:`spawner.docker_spawner.docker_trouble`)."""
+    from .docker_spawner import docker_trouble
 
-    from .docker_spawner import engine_unreachable
-
-    if engine_unreachable(error):
-        message = ENGINE_DOWN
-    elif isinstance(error, docker.errors.APIError):
-        message = ENGINE_ERROR.format(str(error.explanation or error)[:200])
-    else:
-        return None
-    return web.HTTPError(503, "%s", message)
+    return docker_trouble(
+        error, cannot="the GPU dashboard cannot tell who holds which GPU", asked="the GPU dashboard"
+    )
 
 
 class _DashboardMixin:

@@ -89,26 +89,31 @@ def _explain_docker_error(error: BaseException) -> WorkspaceError | None:
     return None
 
 
-def _form_refusal(error: BaseException) -> WorkspaceError | None:
-    """The spawn form's 503 when Docker does not answer or answers with an error; None for
-    any other error (a bug still shows as one)."""
+def docker_trouble(error: BaseException, *, cannot: str, asked: str = "") -> WorkspaceError | None:
+    """The 503 a page answers when Docker does not answer, or answers with an API error:
+    ``cannot`` says what the page cannot do then, ``asked`` what Docker was asked for. None
+    for any other error, which is raised as it is (a bug still shows as one)."""
     if engine_unreachable(error):
         return WorkspaceError(
-            "The Docker engine of this hub is not answering, so no server can start right now "
-            "and the free GPUs cannot be counted. Running servers are kept; try again in a "
-            "minute or tell an admin.",
+            f"The Docker engine of this hub is not answering, so {cannot} right now. Running "
+            "servers are kept; try again in a minute or tell an admin.",
             reason="docker-unreachable",
             status_code=503,
         )
     if isinstance(error, docker.errors.APIError):
+        detail = str(error.explanation or error)[:200]
         return WorkspaceError(
-            "The Docker engine of this hub answered with an error while counting the free "
-            "GPUs, so the spawn form cannot be shown right now; try again in a minute or tell "
-            "an admin.",
+            f"The Docker engine of this hub answered{' ' + asked if asked else ''} with an "
+            f"error ({detail}), so {cannot} right now; try again in a minute or tell an admin.",
             reason="docker-error",
             status_code=503,
         )
     return None
+
+
+def _form_refusal(error: BaseException) -> WorkspaceError | None:
+    """The spawn form's 503 when Docker cannot count the free GPUs."""
+    return docker_trouble(error, cannot="no server can start and the free GPUs cannot be counted")
 
 
 def docker_root_dir(spawner: Any) -> str | None:
@@ -315,14 +320,15 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         opt = self._opt
         problems = self.shared_setting_problems(allowed)
         problems += hardening.unsafe_mounts(self.mounts, opt("mounts"), allowed)
-        problems += self._admin_problems(self.extra_host_config, self.extra_create_kwargs)
+        problems += self._admin_problems(self.extra_host_config, self.extra_create_kwargs, allowed)
         if problems:
             raise TraitError(hardening.refusal(problems, opt("allow_host_access")))
 
-    def _admin_problems(self, host_config: Any, create_kwargs: Any) -> list[str]:
+    def _admin_problems(
+        self, host_config: Any, create_kwargs: Any, allowed: hardening.Allowed
+    ) -> list[str]:
         """Problems of the admin's ``extra_host_config`` / ``extra_create_kwargs`` (as
         given, or as their callables returned them), each named after its option."""
-        allowed = self.refusal_rules()
         problems = []
         if not callable(host_config):
             problems += hardening.unsafe_host_config(
@@ -612,7 +618,9 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             await loop.run_in_executor(self.executor, docker_root_dir, self)
             # Settings given as callables are only known now (the rest was checked at
             # start-up): the same sentences, before anything is created.
-            self._refuse_at_spawn(self._admin_problems(admin_host_config, admin_create_kwargs))
+            self._refuse_at_spawn(
+                self._admin_problems(admin_host_config, admin_create_kwargs, self.refusal_rules())
+            )
         ours_create: dict[str, Any] = {"labels": self.workspace_labels(list(self.gpu_ids))}
         if self.hub_instance:
             ours_create["labels"][LABEL_HUB_INSTANCE] = self.hub_instance

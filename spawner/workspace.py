@@ -356,6 +356,16 @@ class WorkspaceMixin(LoggingConfigurable):
         help="Seconds after which the network guard's last check no longer counts.",
     )
 
+    @validate("network_guard_file")
+    def _valid_network_guard_file(self, proposal: dict[str, Any]) -> str:
+        path = str(proposal["value"])
+        if path and not os.path.isabs(path):
+            raise TraitError(
+                f"{self._opt('network_guard_file')}: {path!r} is not an absolute path (the "
+                "guard's --ready-file, as the hub sees it)"
+            )
+        return path
+
     def check_network_guard(self) -> None:
         """Refuse to start while network isolation is not confirmed (see network_guard_file)."""
         if not self.network_guard_file:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from traitlets import TraitError
+from traitlets.config import Config
 
 from spawner import egress
+from spawner.docker_spawner import GPUDockerSpawner
 from spawner.egress import AllowedTarget, Policy, PolicyError
 
 REJECT = "-j REJECT --reject-with icmp-port-unreachable"
@@ -180,3 +185,17 @@ def test_servers_wait_for_the_guard(status, problem):
         assert found is None
     else:
         assert found is not None and problem in found and "ask an admin" in found
+
+
+@pytest.mark.parametrize(
+    ("path", "refused"), [("", False), ("/srv/state/netguard.json", False), ("netguard.json", True)]
+)
+def test_the_guard_file_setting_is_an_absolute_path(path, refused):
+    config = Config()
+    config.GPUDockerSpawner.network_guard_file = path
+    user = SimpleNamespace(name="guard-file", groups=[], url="/user/guard-file/")
+    if refused:
+        with pytest.raises(TraitError, match=r"network_guard_file: 'netguard.json' is not an abs"):
+            GPUDockerSpawner(config=config, user=user)
+    else:
+        assert GPUDockerSpawner(config=config, user=user).network_guard_file == path
