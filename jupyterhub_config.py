@@ -9,8 +9,8 @@
 # docs/configuration.md and .env.example. Logic lives in the `spawner` package, not here.
 import os
 
-from spawner.dashboard import handlers as gpu_dashboard_handlers
-from spawner.hubconfig import (
+from spawner.core.loginpolicy import https_bind_url, insecure_login_problem, tls_problem
+from spawner.hub.config import (
     ConfigError,
     check_spawner_config,
     ensure_network,
@@ -26,8 +26,8 @@ from spawner.hubconfig import (
     shared_data_from_env,
     unset_empty_env,
 )
-from spawner.loginpolicy import https_bind_url, insecure_login_problem, tls_problem
-from spawner.reclaim import idle_culler_service, start_with_hub
+from spawner.hub.dashboard import handlers as gpu_dashboard_handlers
+from spawner.hub.reclaim import idle_culler_service, start_with_hub
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
 # Compose passes unset settings as empty strings; for oauthenticator, empty means unset.
@@ -86,10 +86,10 @@ admins = set(env_list("GPUWS_ADMIN_USERS")) or {"admin"}
 authenticator = env_str("GPUWS_AUTHENTICATOR", "native")
 if authenticator == "native":
     # Sign-up on the login page; an admin approves each new user at /hub/authorize.
-    # spawner.nativeauth: the admin accounts exist before the hub listens (password from
+    # spawner.hub.nativeauth: the admin accounts exist before the hub listens (password from
     # GPUWS_ADMIN_PASSWORD, else generated once into the state folder, mode 0600, and shown
     # by `make up`); nobody can sign up under an admin name; no 500 on any login input.
-    c.JupyterHub.authenticator_class = "spawner.nativeauth.NativeAuthenticator"
+    c.JupyterHub.authenticator_class = "spawner.hub.nativeauth.NativeAuthenticator"
     c.NativeAuthenticator.open_signup = env_bool("GPUWS_OPEN_SIGNUP", False)
     min_length = int(env_number("GPUWS_MIN_PASSWORD_LENGTH", 8, minimum=8) or 8)
     c.NativeAuthenticator.minimum_password_length = min_length
@@ -102,7 +102,7 @@ if authenticator == "native":
     c.NativeAuthenticator.seconds_before_next_try = lockout
     c.NativeAuthenticator.admin_password_file = os.path.join(state_dir, "initial_admin_password")
     if admin_password := env_str("GPUWS_ADMIN_PASSWORD"):
-        from spawner.nativeauth import admin_password_problem
+        from spawner.hub.nativeauth import admin_password_problem
 
         if problem := admin_password_problem(admin_password, minimum_length=min_length):
             raise ConfigError(f"GPUWS_ADMIN_PASSWORD: {problem}")

@@ -22,7 +22,8 @@ from typing import Any
 
 import docker
 
-from . import alloc, footprint, report, restart, spawn
+from spawner import alloc, footprint, report, restart, spawn
+
 from .env import BENCH_LABEL, dumps, engine, ensure_network, log, machine_info, remove_labelled
 
 SECTIONS = ("alloc", "spawn", "concurrency", "restart", "footprint", "builds")

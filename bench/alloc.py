@@ -14,9 +14,9 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from spawner.allocator import GPULedger
-from spawner.devices import claimed_gpus
-from spawner.inventory import Inventory, parse_static_inventory
+from spawner.core.allocator import GPULedger
+from spawner.core.devices import claimed_gpus
+from spawner.core.inventory import Inventory, parse_static_inventory
 
 from .env import summarize
 

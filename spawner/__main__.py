@@ -25,11 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "doctor":
-        from .doctor import run
+        from spawner.hub.doctor import run
 
         return run(rest)
     if command == "netguard":
-        from .netguard import main as netguard
+        from spawner.hub.netguard import main as netguard
 
         return netguard(rest)
     print(f"python -m spawner: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

@@ -179,7 +179,7 @@ c.GPUDockerSpawner.prefix = {self.prefix!r}
 c.JupyterHub.log_level = "DEBUG"
 {self.extra_config}
 # Settings added after the project's config are checked the same way at start-up.
-from spawner.hubconfig import check_spawner_config
+from spawner.hub.config import check_spawner_config
 check_spawner_config(c)
 """
         )

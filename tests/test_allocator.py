@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spawner.allocator import (
+from spawner.core.allocator import (
     AllocationError,
     GPULedger,
     NotEnoughGPUs,
@@ -10,7 +10,7 @@ from spawner.allocator import (
     check_quota,
     choose_gpus,
 )
-from spawner.inventory import GPU, Inventory
+from spawner.core.inventory import GPU, Inventory
 
 
 def grouped(*sizes: int, style: str = "group") -> Inventory:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from faults import DOCKER_TROUBLE
 
-from spawner.dashboard import dashboard_data, docker_unavailable, handlers, iso
-from spawner.inventory import parse_static_inventory
-from spawner.pool import GPUView, Holding, PoolView, Waiting
-from spawner.reclaim import GPUSample
+from spawner.core.inventory import parse_static_inventory
+from spawner.core.pool import GPUView, Holding, PoolView, Waiting
+from spawner.hub.dashboard import dashboard_data, docker_unavailable, handlers, iso
+from spawner.hub.reclaim import GPUSample
 
 NOW = 1_700_000_000.0
 

@@ -3,7 +3,7 @@ from typing import Any
 
 import pytest
 
-from spawner.devices import (
+from spawner.core.devices import (
     DEFAULT_CAPABILITIES,
     VALID_CAPABILITIES,
     ClaimedGPUs,

@@ -20,9 +20,9 @@ import docker
 import pytest
 from harness import REPO, TEST_NETWORK, nvidia_driver_registered, versions
 
-from spawner import doctor
 from spawner.__main__ import main as spawner_main
-from spawner.doctor import FAIL, OK, WARN, Row
+from spawner.hub import doctor
+from spawner.hub.doctor import FAIL, OK, WARN, Row
 
 # -- pure parts ------------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from spawner import egress
-from spawner.docker_spawner import GPUDockerSpawner
-from spawner.egress import AllowedTarget, Policy, PolicyError
+from spawner.backends.docker import GPUDockerSpawner
+from spawner.core import egress
+from spawner.core.egress import AllowedTarget, Policy, PolicyError
 
 REJECT = "-j REJECT --reject-with icmp-port-unreachable"
 BRIDGE = "br-0123456789ab"

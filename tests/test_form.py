@@ -8,11 +8,11 @@ import requests
 from faults import DOCKER_TROUBLE, docker_api_error
 from traitlets.config import Config
 
-from spawner.docker_spawner import _form_refusal
-from spawner.errors import WorkspaceError
-from spawner.form import TEMPLATE_NAME, availability_text, options_from_form, render_form
-from spawner.profiles import DEFAULT_PROFILES, Profile, parse_profiles
-from spawner.swarm_spawner import GPUSwarmSpawner
+from spawner.backends.docker import _form_refusal
+from spawner.backends.swarm import GPUSwarmSpawner
+from spawner.core.errors import WorkspaceError
+from spawner.core.form import TEMPLATE_NAME, availability_text, options_from_form, render_form
+from spawner.core.profiles import DEFAULT_PROFILES, Profile, parse_profiles
 
 PROFILES = parse_profiles(DEFAULT_PROFILES, total_gpus=8)
 X = "\N{MULTIPLICATION SIGN}"  # what describe() writes between count and name

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from traitlets import TraitError
 from traitlets.config import Config
 
-from spawner.docker_spawner import GPUDockerSpawner
-from spawner.errors import WorkspaceError
-from spawner.hardening import (
+from spawner.backends.docker import GPUDockerSpawner
+from spawner.core.errors import WorkspaceError
+from spawner.core.hardening import (
     CAPABILITY_ALLOWLIST,
     NPROC_CEILING_MAX,
     host_path_problem,
@@ -35,7 +35,7 @@ from spawner.hardening import (
     unsafe_mounts,
     unsafe_volumes,
 )
-from spawner.names import MAX_NAME_PART, escape_name
+from spawner.core.names import MAX_NAME_PART, escape_name
 
 OPT = "GPUDockerSpawner.x"
 NNP = "no-new-privileges:true"  # the hub's own entry, which an admin's list must keep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from traitlets.config import Config
 
-from spawner.hubconfig import (
+from spawner.hub.config import (
     ConfigError,
     check_spawner_config,
     env_bool,

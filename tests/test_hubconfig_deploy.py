@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from spawner.hubconfig import (
+from spawner.hub.config import (
     ConfigError,
     home_volume_from_env,
     secret_file,

@@ -5,8 +5,14 @@ from typing import Any, ClassVar
 
 import pytest
 
-from spawner.devices import ClaimedGPUs, claimed_gpus
-from spawner.inventory import GPU, Inventory, InventoryError, discover_nvml, parse_static_inventory
+from spawner.core.devices import ClaimedGPUs, claimed_gpus
+from spawner.core.inventory import (
+    GPU,
+    Inventory,
+    InventoryError,
+    discover_nvml,
+    parse_static_inventory,
+)
 
 MiB = 1024**2
 GiB = 1024**3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spawner.loginpolicy import (
+from spawner.core.loginpolicy import (
     https_bind_url,
     insecure_login_problem,
     is_loopback_bind,

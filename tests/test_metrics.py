@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from spawner import metrics
-from spawner.allocator import NotEnoughGPUs, QuotaExceeded
-from spawner.inventory import parse_static_inventory
-from spawner.pool import GPUPool, GPUWaitTimeout, Observation
+from spawner.core.allocator import NotEnoughGPUs, QuotaExceeded
+from spawner.core.inventory import parse_static_inventory
+from spawner.core.pool import GPUPool, GPUWaitTimeout, Observation
+from spawner.runtime import metrics
 
 
 def make_pool(n: int = 4, external: frozenset[str] = frozenset()) -> GPUPool:

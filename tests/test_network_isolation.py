@@ -28,7 +28,7 @@ import pytest
 import requests
 from harness import REPO, free_port, wait_for
 
-from spawner import egress
+from spawner.core import egress
 
 pytestmark = pytest.mark.docker
 

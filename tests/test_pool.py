@@ -12,9 +12,9 @@ import contextlib
 
 import pytest
 
-from spawner.allocator import NotEnoughGPUs
-from spawner.inventory import GPU, Inventory
-from spawner.pool import GPUPool, GPUWaitTimeout, Observation, QueueLimitReached
+from spawner.core.allocator import NotEnoughGPUs
+from spawner.core.inventory import GPU, Inventory
+from spawner.core.pool import GPUPool, GPUWaitTimeout, Observation, QueueLimitReached
 
 
 class FakeEngine:

@@ -8,9 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from traitlets.config import Config
 
-from spawner import hubconfig
-from spawner.hubconfig import check_spawner_config, docker_host_resources, profiles_from_env
-from spawner.profiles import (
+from spawner.core.profiles import (
     ALLOWED_KEYS,
     DEFAULT_PROFILES,
     ECHO_LIMIT,
@@ -27,11 +25,13 @@ from spawner.profiles import (
     unlimited_profile_warnings,
     visible_profiles,
 )
-from spawner.sizes import derive_shm_size
+from spawner.core.sizes import derive_shm_size
+from spawner.hub import config as hubconfig
+from spawner.hub.config import check_spawner_config, docker_host_resources, profiles_from_env
 
 GiB = 1024**3
 MiB = 1024**2
-MIN_MEMORY = 512 * MiB  # spawner.profiles.MIN_MEMORY_LIMIT, written out
+MIN_MEMORY = 512 * MiB  # spawner.core.profiles.MIN_MEMORY_LIMIT, written out
 
 
 def test_default_profiles_parse_on_a_two_gpu_host() -> None:

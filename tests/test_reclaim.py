@@ -12,8 +12,8 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from spawner import reclaim
-from spawner.reclaim import GPUReclaimer, Observed, decide, kernels_busy, sample_gpus
+from spawner.hub import reclaim
+from spawner.hub.reclaim import GPUReclaimer, Observed, decide, kernels_busy, sample_gpus
 
 NOW = datetime(2025, 1, 1, 12, 0, 0)
 
@@ -173,7 +173,7 @@ def test_idle_culler_service_has_only_the_scopes_it_needs() -> None:
 
 
 def test_start_with_hub_outside_the_hub_only_checks() -> None:
-    from spawner.hubconfig import ConfigError
+    from spawner.hub.config import ConfigError
 
     reclaim.start_with_hub(Config())  # no running loop: nothing scheduled
     bad = Config({"GPUReclaimer": {"idle_timeout": 60, "gpu_idle_timeout": 120}})

@@ -18,11 +18,11 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from spawner import hardening
-from spawner.docker_spawner import GPUDockerSpawner
-from spawner.errors import WorkspaceError
-from spawner.hardening import Allowed, host_path_problem, is_root_user
-from spawner.swarm_spawner import GPUSwarmSpawner
+from spawner.backends.docker import GPUDockerSpawner
+from spawner.backends.swarm import GPUSwarmSpawner
+from spawner.core import hardening
+from spawner.core.errors import WorkspaceError
+from spawner.core.hardening import Allowed, host_path_problem, is_root_user
 
 BIND_ROOT = {"type": "none", "o": "bind", "device": "/"}
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from spawner.sizes import (
+from spawner.core.sizes import (
     GiB,
     KiB,
     MiB,

@@ -24,7 +24,7 @@ from harness import Hub, wait_for
 from swarm_harness import GPU_KIND, HOST_ADDRESS, MANAGER, OVERLAY, WORKER, Swarm
 from traitlets.config import Config
 
-from spawner.swarm_spawner import (
+from spawner.backends.swarm import (
     GPUSwarmSpawner,
     count_swarm_gpus,
     reserved_gpus,
@@ -263,7 +263,7 @@ def _service_of(user: str, gpus: int) -> dict[str, Any]:
 async def test_quota_reads_what_users_and_groups_hold_on_the_swarm(held, requested, message):
     from types import SimpleNamespace
 
-    from spawner.errors import WorkspaceError
+    from spawner.core.errors import WorkspaceError
 
     c = Config()
     c.GPUSwarmSpawner.gpu_quota_per_user = 3
@@ -345,7 +345,7 @@ def swarm_hub(
         workdir.mkdir()
         image = notebook_images["cpu"]  # the fake GPUs need no CUDA image
         config = f"""
-from spawner.swarm_spawner import use_swarm
+from spawner.backends.swarm import use_swarm
 use_swarm(c, network={OVERLAY!r})
 c.JupyterHub.hub_ip = {HOST_ADDRESS!r}
 c.JupyterHub.hub_connect_ip = {HOST_ADDRESS!r}

@@ -33,7 +33,7 @@ from nativeauthenticator.handlers import SignUpHandler as _NativeSignUpHandler
 from nativeauthenticator.orm import UserInfo
 from traitlets import Unicode
 
-from spawner.loginpolicy import password_problem, username_problem
+from spawner.core.loginpolicy import password_problem, username_problem
 
 # Longer names are cut in the page and the log (they are echoed into the login form).
 _SHOWN_NAME = 64

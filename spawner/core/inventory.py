@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from .devices import ClaimedGPUs, DeviceRequestError, validate_device_id
-from .sizes import MiB, SizeError, format_size, parse_size
+from spawner.core.devices import ClaimedGPUs, DeviceRequestError, validate_device_id
+from spawner.core.sizes import MiB, SizeError, format_size, parse_size
 
 #: More GPUs than this on one host is a typo.
 MAX_GPUS = 1024

@@ -25,8 +25,8 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .allocator import NotEnoughGPUs, QuotaExceeded
-from .pool import GPUPool, GPUWaitTimeout
+from spawner.core.allocator import NotEnoughGPUs, QuotaExceeded
+from spawner.core.pool import GPUPool, GPUWaitTimeout
 
 #: Buckets of the wait histogram: most spawns get their GPUs at once; a queue waits minutes.
 WAIT_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))

@@ -22,9 +22,10 @@ from typing import Any
 from traitlets import TraitError
 from traitlets.config import Config
 
-from .hardening import host_path_problem
-from .inventory import InventoryError, discover_nvml, parse_static_inventory
-from .profiles import (
+from spawner.backends.base import LABEL_HUB_INSTANCE, LABEL_PREFIX_NAME
+from spawner.core.hardening import host_path_problem
+from spawner.core.inventory import InventoryError, discover_nvml, parse_static_inventory
+from spawner.core.profiles import (
     HostResources,
     Profile,
     ProfileError,
@@ -33,8 +34,7 @@ from .profiles import (
     parse_profiles,
     unlimited_profile_warnings,
 )
-from .sizes import SizeError, format_size, parse_size
-from .workspace import LABEL_HUB_INSTANCE, LABEL_PREFIX_NAME
+from spawner.core.sizes import SizeError, format_size, parse_size
 
 log = logging.getLogger("gpu-workspaces")
 
@@ -433,11 +433,11 @@ def warn_unlimited_profiles(profiles: Sequence[Profile], probe: Any) -> None:
 def _configured_spawner_class(config: Config) -> type:
     """The GPU spawner class the config chose (``gpu-swarm`` after ``use_swarm``)."""
     chosen = str(config.JupyterHub.get("spawner_class", "") or "")
-    if chosen in ("gpu-swarm", "spawner.swarm_spawner.GPUSwarmSpawner"):
-        from .swarm_spawner import GPUSwarmSpawner
+    if chosen in ("gpu-swarm", "spawner.backends.swarm.GPUSwarmSpawner"):
+        from spawner.backends.swarm import GPUSwarmSpawner
 
         return GPUSwarmSpawner
-    from .docker_spawner import GPUDockerSpawner
+    from spawner.backends.docker import GPUDockerSpawner
 
     return GPUDockerSpawner
 

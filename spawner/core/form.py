@@ -4,12 +4,12 @@ The form is the packaged Jinja template ``templates/spawn_form.html.j2``; an adm
 by putting a file of the same name in one of ``template_paths``. A template gets:
 
 - ``cards``: one :class:`ProfileCard` per profile, in order (``card.profile`` is the
-  :class:`~spawner.profiles.Profile`; ``checked``, ``gpu_label``, ``will_wait``);
+  :class:`~spawner.core.profiles.Profile`; ``checked``, ``gpu_label``, ``will_wait``);
 - ``free_gpus``, ``total_gpus``, ``queue_length``, ``gpu_summary``;
 - ``availability``: e.g. ``"3 of 8 GPUs free · 2 waiting"``, empty on a host without GPUs.
 
 The form posts one field, ``profile``; :func:`options_from_form` turns it into user options,
-which :func:`spawner.profiles.resolve_user_options` validates.
+which :func:`spawner.core.profiles.resolve_user_options` validates.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 
 import jinja2
 
-from .profiles import Profile, default_profile
+from spawner.core.profiles import Profile, default_profile
 
 TEMPLATE_NAME = "spawn_form.html.j2"
-PACKAGED_TEMPLATES = Path(__file__).with_name("templates")
+PACKAGED_TEMPLATES = Path(__file__).parent.parent / "templates"
 WAIT_NOTE = "will wait for a free GPU"
 
 

@@ -259,7 +259,7 @@ class Doctor:
                 )
             )
             return
-        from .docker_spawner import GPUDockerSpawner
+        from spawner.backends.docker import GPUDockerSpawner
 
         stand_in = SimpleNamespace(name="doctor", groups=[], url="/user/doctor/")
         try:
@@ -320,7 +320,7 @@ class Doctor:
         if self.spawner is None:
             self.add(Row("gpu inventory", SKIP, "needs the configuration"))
             return
-        from .inventory import InventoryError, discover_nvml, parse_static_inventory
+        from spawner.core.inventory import InventoryError, discover_nvml, parse_static_inventory
 
         value = self.spawner.gpu_inventory
         static = value not in ([], "")
@@ -475,9 +475,9 @@ class Doctor:
         if self.spawner is None:
             self.add(Row("profiles", SKIP, "needs the configuration"))
             return
-        from .profiles import ProfileError, parse_profiles
+        from spawner.core.profiles import ProfileError, parse_profiles
 
-        if not self.spawner.profiles:
+        if not self.spawner.core.profiles:
             self.add(Row("profiles", OK, "none: one static workspace, no form"))
             return
         total = len(self.inventory) if self.inventory is not None else None
@@ -506,7 +506,7 @@ class Doctor:
         if self.config is None:
             self.add(Row("idle reclaim", SKIP, "needs the configuration"))
             return
-        from .reclaim import GPUReclaimer
+        from spawner.hub.reclaim import GPUReclaimer
 
         try:
             r = GPUReclaimer(config=self.config)

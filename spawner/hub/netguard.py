@@ -27,8 +27,8 @@ import docker
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-from . import egress
-from .hubconfig import ConfigError, env_bool, env_list, env_number, env_str
+from spawner.core import egress
+from spawner.hub.config import ConfigError, env_bool, env_list, env_number, env_str
 
 HUB_ROLE_LABEL = "io.gpu-workspaces.role"
 log = logging.getLogger("gpuws.netguard")

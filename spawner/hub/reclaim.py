@@ -39,7 +39,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Float, Int, TraitError
 from traitlets.config import Config, LoggingConfigurable
 
-from . import metrics
+from spawner.runtime import metrics
 
 #: Scopes jupyterhub-idle-culler needs to stop idle servers, and nothing more.
 IDLE_CULLER_SCOPES: tuple[str, ...] = (
@@ -447,7 +447,7 @@ def start_with_hub(config: Config) -> None:
     and prepare the GPU pool as soon as the hub runs, so /hub/metrics and the dashboard show
     the inventory before the first spawn. Anywhere else (e.g. ``python -m spawner doctor``
     loading the same config) it only checks the settings."""
-    from .hubconfig import ConfigError
+    from spawner.hub.config import ConfigError
 
     try:
         GPUReclaimer(config=config)
@@ -464,7 +464,7 @@ def start_with_hub(config: Config) -> None:
 
 
 async def _prepare_pool(config: Config) -> None:
-    from .docker_spawner import GPUDockerSpawner  # the hub's spawner; Docker only from here
+    from spawner.backends.docker import GPUDockerSpawner  # the hub's spawner; Docker only from here
 
     # Runs once the config files are read: settings made after start_with_hub() count too.
     log = reclaimer(config).log

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from .inventory import GPU, Inventory
+from spawner.core.inventory import GPU, Inventory
 
 
 class AllocationError(Exception):

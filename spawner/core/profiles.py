@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from .sizes import GiB, MiB, SizeError, format_size, parse_size
+from spawner.core.sizes import GiB, MiB, SizeError, format_size, parse_size
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
 #: At most this many characters of what a user sent are repeated back in a message.
@@ -375,7 +375,7 @@ def parse_profiles(
     Each entry is a mapping with the keys of :data:`ALLOWED_KEYS`; ``slug`` and
     ``display_name`` are required. ``gpus`` may not exceed ``total_gpus`` (unless that is
     ``None``: unknown); ``image`` must be one of ``allowed_images`` when that is given; sizes
-    are read by :func:`spawner.sizes.parse_size`. At most one profile is the default; without
+    are read by :func:`spawner.core.sizes.parse_size`. At most one profile is the default; without
     one, the first is. Every problem is collected and raised as one :class:`ProfileError`, one
     line each, e.g. ``profiles[1] ('gpu-2'): field 'gpus': asks for 4 GPUs but this host has 2``.
     """

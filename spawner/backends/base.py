@@ -1,7 +1,7 @@
 """What every GPU workspace spawner shares, whatever runs the containers.
 
 :class:`WorkspaceMixin` holds the options and behaviour that the single-host
-:class:`~spawner.docker_spawner.GPUDockerSpawner` and the Swarm spawner have in common:
+:class:`~spawner.backends.docker.GPUDockerSpawner` and the Swarm spawner have in common:
 the GPU request, profiles and the spawn form, user-option validation, quotas, /dev/shm
 sizing, container user and limits, labels, progress messages and the readiness wait.
 A concrete spawner mixes it in before its dockerspawner base and implements the three hooks
@@ -26,16 +26,16 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
 from traitlets.config import LoggingConfigurable
 
-from . import egress, form, hardening
-from .devices import (
+from spawner.core import egress, form, hardening
+from spawner.core.devices import (
     DEFAULT_CAPABILITIES,
     DeviceRequestError,
     parse_capabilities,
     validate_device_id,
 )
-from .errors import WorkspaceError
-from .hardening import is_root_user
-from .profiles import (
+from spawner.core.errors import WorkspaceError
+from spawner.core.hardening import is_root_user
+from spawner.core.profiles import (
     Profile,
     ProfileError,
     UserOptionsError,
@@ -44,7 +44,7 @@ from .profiles import (
     resolve_user_options,
     visible_profiles,
 )
-from .sizes import SizeError, derive_shm_size, parse_size
+from spawner.core.sizes import SizeError, derive_shm_size, parse_size
 
 LABEL_PREFIX = "io.gpu-workspaces"
 LABEL_GPUS = f"{LABEL_PREFIX}.gpus"
@@ -150,7 +150,7 @@ class WorkspaceMixin(LoggingConfigurable):
         help="""Workspace profiles a user picks from in the spawn form (or REST API
         ``{"profile": "<slug>"}``). Each: slug, display_name, description, gpus, and optional
         image, mem_limit, cpu_limit, shm_size, default, groups. Empty: no form, the static
-        ``gpu_count``/``image``/limits apply. See ``spawner.profiles.DEFAULT_PROFILES``.
+        ``gpu_count``/``image``/limits apply. See ``spawner.core.profiles.DEFAULT_PROFILES``.
         """,
     )
 
@@ -257,7 +257,7 @@ class WorkspaceMixin(LoggingConfigurable):
         config=True,
         help="""Linux capabilities kept after dropping ALL (default none: the notebook runs
         as an unprivileged user with no-new-privileges and needs none). Only names on
-        ``spawner.hardening.CAPABILITY_ALLOWLIST`` (Docker's defaults without NET_RAW and
+        ``spawner.core.hardening.CAPABILITY_ALLOWLIST`` (Docker's defaults without NET_RAW and
         MKNOD) are accepted unless ``allow_host_access`` is set.""",
     )
     allow_host_access = Bool(

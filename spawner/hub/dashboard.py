@@ -23,10 +23,10 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.handlers.base import BaseHandler
 from tornado import web
 
-from .pool import GPUPool, GPUView, PoolView, Waiting
-from .reclaim import SAMPLER, GPUSample, reclaimer
+from spawner.core.pool import GPUPool, GPUView, PoolView, Waiting
+from spawner.hub.reclaim import SAMPLER, GPUSample, reclaimer
 
-TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")
 TEMPLATE = "gpu_dashboard.html.j2"
 #: The scope that lets one see the dashboard: admins hold it, plain users do not.
 REQUIRED_SCOPE = "admin:servers"
@@ -122,8 +122,8 @@ def dashboard_data(
 
 def docker_unavailable(error: BaseException) -> web.HTTPError | None:
     """The 503 the page and the JSON answer when Docker cannot say who holds which GPU; None
-    for any other error (see :func:`spawner.docker_spawner.docker_trouble`)."""
-    from .docker_spawner import docker_trouble
+    for any other error (see :func:`spawner.backends.docker.docker_trouble`)."""
+    from spawner.backends.docker import docker_trouble
 
     return docker_trouble(
         error, cannot="the GPU dashboard cannot tell who holds which GPU", asked="the GPU dashboard"
@@ -138,7 +138,7 @@ class _DashboardMixin:
             raise web.HTTPError(403, "The GPU dashboard is for hub admins only.")
 
     async def _pools(self: Any) -> list[GPUPool]:
-        from .docker_spawner import _POOLS  # the hub's pools; the hub imported it already
+        from spawner.backends.docker import _POOLS  # the hub's pools; the hub imported it already
 
         if not _POOLS and self.current_user is not None and hasattr(self.current_user, "spawners"):
             # the pool is prepared at hub start; a hub without that makes it on first look

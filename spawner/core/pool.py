@@ -14,8 +14,14 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
-from .allocator import AllocationError, GPULedger, NotEnoughGPUs, QuotaExceeded, check_quota
-from .inventory import GPU, Inventory
+from spawner.core.allocator import (
+    AllocationError,
+    GPULedger,
+    NotEnoughGPUs,
+    QuotaExceeded,
+    check_quota,
+)
+from spawner.core.inventory import GPU, Inventory
 
 
 @dataclass(frozen=True)

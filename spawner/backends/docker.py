@@ -1,0 +1,940 @@
+"""GPUDockerSpawner: DockerSpawner with exclusive GPUs, profiles, shm sizing and safe defaults.
+
+This is the only module of the package that talks to Docker. Everything it decides comes from
+the pure modules (``devices``, ``sizes``, ``profiles``, ``allocator`` via ``pool``); the
+Docker-facing settings are built in one place, :meth:`GPUDockerSpawner.workspace_host_config`.
+
+State kept in the hub database (``get_state``), in addition to DockerSpawner's and
+:class:`~spawner.backends.base.WorkspaceMixin`'s ``profile``:
+
+- ``gpu_ids``: the canonical ids of the GPUs this server holds, so they are re-adopted after a
+  hub restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import copy
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import docker
+import requests
+from dockerspawner import DockerSpawner
+from traitlets import Bool, Enum, Int, List, TraitError, Unicode, Union, default, validate
+
+from spawner.backends.base import (
+    LABEL_HUB_INSTANCE,
+    LABEL_PREFIX_NAME,
+    GPUAvailability,
+    WorkspaceMixin,
+)
+from spawner.core import hardening
+from spawner.core.allocator import AllocationError, QuotaExceeded
+from spawner.core.devices import (
+    GPU_MECHANISMS,
+    NVIDIA_RUNTIME,
+    ClaimedGPUs,
+    build_device_request,
+    claimed_gpus,
+    mechanism_host_config,
+)
+from spawner.core.errors import WorkspaceError
+from spawner.core.inventory import Inventory, InventoryError, discover_nvml, parse_static_inventory
+from spawner.core.names import escape_name
+from spawner.core.pool import GPUPool, Observation, QueueLimitReached, Quota
+from spawner.hub.reclaim import reclaimer
+from spawner.runtime.metrics import count_allocation, register_pools, timed_gpu_wait
+
+_INVENTORIES: dict[str, Inventory] = {}
+_POOLS: dict[tuple[str, tuple[str, ...]], GPUPool] = {}
+# What each container on an engine holds, by container id (inspected once), per pool key.
+_CLAIM_CACHES: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+# How often a spawn tries other GPUs after another hub's container got its GPUs first.
+GPU_RACE_ATTEMPTS = 3
+# Clean-ups of cancelled spawns still running (a reference, so none is collected early).
+_CLEANUPS: set[asyncio.Future[None]] = set()
+# Each engine's data root (`docker info`'s DockerRootDir), by API address, read once.
+_DOCKER_ROOTS: dict[str, str] = {}
+register_pools(_POOLS.values)  # the pool gauges on /hub/metrics
+
+
+def engine_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` means the Docker engine did not answer (down, restarting, hung)."""
+    if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    return isinstance(error, docker.errors.DockerException) and not isinstance(
+        error, docker.errors.APIError
+    )
+
+
+def _engine_down_error() -> WorkspaceError:
+    return WorkspaceError(
+        "The Docker engine of this hub is not answering, so no server can start right now. "
+        "Running servers are kept; try again in a minute or tell an admin.",
+        reason="docker-unreachable",
+        status_code=503,
+    )
+
+
+def _explain_docker_error(error: BaseException) -> WorkspaceError | None:
+    """A message for the user when Docker fails in a way they should hear about."""
+    if engine_unreachable(error):
+        return _engine_down_error()
+    if isinstance(error, docker.errors.APIError) and "error setting rlimit" in str(error):
+        return WorkspaceError(
+            "Docker refused this hub's process or open-file limit (GPUDockerSpawner."
+            "nproc_limit / nofile_limit is above dockerd's own limit); tell an admin.",
+            reason="config",
+            status_code=500,
+        )
+    return None
+
+
+def docker_trouble(error: BaseException, *, cannot: str, asked: str = "") -> WorkspaceError | None:
+    """The 503 a page answers when Docker does not answer, or answers with an API error:
+    ``cannot`` says what the page cannot do then, ``asked`` what Docker was asked for. None
+    for any other error, which is raised as it is (a bug still shows as one)."""
+    if engine_unreachable(error):
+        return WorkspaceError(
+            f"The Docker engine of this hub is not answering, so {cannot} right now. Running "
+            "servers are kept; try again in a minute or tell an admin.",
+            reason="docker-unreachable",
+            status_code=503,
+        )
+    if isinstance(error, docker.errors.APIError):
+        detail = str(error.explanation or error)[:200]
+        return WorkspaceError(
+            f"The Docker engine of this hub answered{' ' + asked if asked else ''} with an "
+            f"error ({detail}), so {cannot} right now; try again in a minute or tell an admin.",
+            reason="docker-error",
+            status_code=503,
+        )
+    return None
+
+
+def _form_refusal(error: BaseException) -> WorkspaceError | None:
+    """The spawn form's 503 when Docker cannot count the free GPUs."""
+    return docker_trouble(error, cannot="no server can start and the free GPUs cannot be counted")
+
+
+def docker_root_dir(spawner: Any) -> str | None:
+    """The data root of a spawner's engine, which holds every user's volumes; read once.
+
+    None while the engine does not answer (the hub still starts; the next spawn reads it).
+    """
+    try:
+        client = spawner.client
+        key = str(client.base_url)
+        if key not in _DOCKER_ROOTS:
+            root = str(client.info().get("DockerRootDir") or "")
+            _DOCKER_ROOTS[key] = root or hardening.DEFAULT_DOCKER_ROOT
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return None
+    return _DOCKER_ROOTS[key]
+
+
+def known_docker_root(spawner_class: type) -> str:
+    """The data root already read for this class's engine, else Docker's usual one (no call
+    to the engine: spawners are built for every user, also while Docker is down)."""
+    client = getattr(spawner_class, "_client", None)
+    known = _DOCKER_ROOTS.get(str(client.base_url)) if client is not None else None
+    return known or hardening.DEFAULT_DOCKER_ROOT
+
+
+def _host_pid_max() -> int | None:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _created_ns(created: str) -> int:
+    """``docker inspect``'s ``Created`` (RFC 3339, up to 9 fraction digits) in nanoseconds."""
+    stamp, _, rest = created.partition(".")
+    fraction = "".join(ch for ch in rest if ch.isdigit())[:9].ljust(9, "0")
+    seconds = datetime.fromisoformat(stamp.rstrip("Z") + "+00:00").timestamp()
+    return int(seconds) * 1_000_000_000 + int(fraction or 0)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` wins; nested dicts are merged rather than replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# DockerSpawner is Any to mypy (dockerspawner ships no types), hence the ignore[misc]
+class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
+    """A DockerSpawner for shared GPU servers: each GPU to one user, chosen through profiles."""
+
+    if TYPE_CHECKING:
+        # DockerSpawner's traits and properties (dockerspawner ships no types)
+        extra_host_config: dict[str, Any] | Callable[..., Any]
+        extra_create_kwargs: dict[str, Any] | Callable[..., Any]
+        object_name: str
+
+    # -- inventory, profiles, allocation -------------------------------------------------
+
+    gpu_inventory = Union(
+        [List(), Int(), Unicode()],
+        default_value=[],
+        config=True,
+        help="""The GPUs this hub hands out. Empty (default): discover them through NVML.
+
+        Otherwise a static list, for hubs that cannot see the driver and for tests: a number
+        of GPUs ("4"), a list of ids (["0", "1"] or UUIDs), or a list of objects
+        ``{"id": "GPU-...", "name": "A100", "memory": "80g"}``; JSON text of those works too.
+        """,
+    )
+
+    @validate("gpu_inventory")
+    def _validate_inventory(self, proposal: dict[str, Any]) -> Any:
+        value = proposal["value"]
+        if value not in ([], ""):
+            try:
+                parse_static_inventory(value, option=self._opt("gpu_inventory"))
+            except InventoryError as e:
+                raise TraitError(str(e)) from None
+        return value
+
+    hub_instance = Unicode(
+        "",
+        config=True,
+        help="""An id of this hub's own, kept in its state folder (jupyterhub_config.py makes
+        it). Every container the hub creates carries it (label
+        ``io.gpu-workspaces.hub-instance``), and the hub refuses to start while live
+        containers with its container prefix carry another one: a second hub with the same
+        prefix on one engine would take over or remove the first one's servers. Empty: no
+        check.""",
+    )
+
+    gpu_mechanism = Enum(
+        list(GPU_MECHANISMS),
+        default_value="device-requests",
+        config=True,
+        help="""How a GPU server gets its GPUs from Docker (every way, the container also
+        carries ``NVIDIA_VISIBLE_DEVICES`` set to exactly its GPU ids):
+
+        - ``device-requests`` (default): a device request to Docker's nvidia driver, as
+          ``docker run --gpus device=0`` does (NVIDIA Container Toolkit hosts);
+        - ``nvidia-runtime``: the container runs under the ``nvidia`` runtime and the ids go
+          in ``NVIDIA_VISIBLE_DEVICES`` (nvidia-docker2 hosts, ``--runtime=nvidia``);
+        - ``cdi``: a CDI device request, ``nvidia.com/gpu=<id>`` (Docker 25 and later with
+          CDI enabled, the way NVIDIA now documents).
+
+        ``python -m spawner doctor`` tells which one a host supports.""",
+    )
+
+    # -- network, ports, readiness, hardening --------------------------------------------
+
+    host_port_mode = Bool(
+        False,
+        config=True,
+        help="""Publish each server's port on the host (bound to ``host_ip``, 127.0.0.1 by
+        default) instead of reaching it over the Docker network. Off by default: no port of a
+        notebook container is published.""",
+    )
+
+    @default("use_internal_ip")
+    def _default_use_internal_ip(self) -> bool:
+        return not self.host_port_mode
+
+    @validate("host_ip")
+    def _validate_host_ip(self, proposal: dict[str, Any]) -> str:
+        if proposal["value"] in ("0.0.0.0", "::", ""):
+            raise TraitError(
+                f"{self._opt('host_ip')}: publishing notebook ports on all interfaces "
+                f"({proposal['value']!r}) would let anyone on the network reach them; "
+                "use 127.0.0.1 (the default) or one private address"
+            )
+        return str(proposal["value"])
+
+    @default("remove")
+    def _default_remove(self) -> bool:
+        # Homes live in volumes; removing the container also revokes its API token.
+        return True
+
+    @default("escape")
+    def _default_escape(self) -> Any:
+        # DockerSpawner's "safe" escaping, bounded to 63 characters (spawner/names.py).
+        return escape_name
+
+    def template_namespace(self) -> dict[str, Any]:
+        namespace: dict[str, Any] = super().template_namespace()
+        # DockerSpawner lower-cases server names before escaping, so "Work" and "work"
+        # would share one container; the escape is lower-case and unique by itself.
+        namespace["servername"] = self.escape(getattr(self, "name", "") or "")
+        return namespace
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check_refused_settings()
+        self._use_unambiguous_oauth_client_id()
+
+    def _use_unambiguous_oauth_client_id(self) -> None:
+        """JupyterHub names a server's OAuth client ``jupyterhub-user-{user}-{server}``, so the
+        default server of user ``a-b`` and server ``b`` of user ``a`` share one client: the
+        second to start overwrites the first's client and fails with a 500. Escaped names
+        (``-`` only in escapes, ``--`` between user and server) cannot collide. A server
+        that already has a client (running, e.g. after a hub restart) keeps it."""
+        registered = getattr(self.orm_spawner, "oauth_client_id", None)
+        if registered:
+            self.oauth_client_id = registered
+            return
+        user = getattr(self.user, "name", None)
+        if not self.oauth_client_id or not isinstance(user, str):
+            return
+        client_id = f"jupyterhub-user-{escape_name(user)}"
+        if self.name:
+            client_id += f"--{escape_name(self.name)}"
+        self.oauth_client_id = client_id
+
+    def refusal_rules(self) -> hardening.Allowed:
+        """What the allow-list lets this hub's containers name (spawner/hardening.py)."""
+        runtimes = hardening.DEFAULT_RUNTIMES
+        if self.gpu_mechanism == "nvidia-runtime":
+            runtimes |= {NVIDIA_RUNTIME}
+        return hardening.Allowed(
+            images=self.allowed_workspace_images(),
+            runtimes=runtimes,
+            docker_root=known_docker_root(type(self)),
+        )
+
+    def check_refused_settings(self, *, read_engine: bool = False) -> None:
+        """Refuse admin settings that hand notebooks the host (see spawner/hardening.py).
+
+        Runs when the spawner is built (so the hub refuses to start, naming the option) over
+        every setting that is not a callable; ``read_engine`` first asks the engine for its
+        data root (start-up does; a spawner built for a user does not wait for Docker).
+        Callables are checked when the container is built (:meth:`_create_container`).
+        """
+        if self.allow_host_access:
+            return
+        if read_engine:
+            docker_root_dir(self)
+        allowed = self.refusal_rules()
+        opt = self._opt
+        problems = self.shared_setting_problems(allowed)
+        problems += hardening.unsafe_mounts(self.mounts, opt("mounts"), allowed)
+        problems += self._admin_problems(self.extra_host_config, self.extra_create_kwargs, allowed)
+        if problems:
+            raise TraitError(hardening.refusal(problems, opt("allow_host_access")))
+
+    def _admin_problems(
+        self, host_config: Any, create_kwargs: Any, allowed: hardening.Allowed
+    ) -> list[str]:
+        """Problems of the admin's ``extra_host_config`` / ``extra_create_kwargs`` (as
+        given, or as their callables returned them), each named after its option."""
+        problems = []
+        if not callable(host_config):
+            problems += hardening.unsafe_host_config(
+                host_config or {}, self._opt("extra_host_config"), allowed
+            )
+        if not callable(create_kwargs):
+            problems += hardening.unsafe_create_kwargs(
+                create_kwargs or {}, self._opt("extra_create_kwargs"), allowed
+            )
+        return problems
+
+    # (prefix, docker_threads and the executor are shared with the Swarm spawner: workspace.py)
+
+    # -- life cycle state ------------------------------------------------------------------
+
+    gpu_ids = List(Unicode(), help="GPUs this server holds (state, not config).")
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.gpu_ids = list(state.get("gpu_ids", []))
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self.gpu_ids:
+            state["gpu_ids"] = list(self.gpu_ids)
+        return state
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.gpu_ids = []
+
+    # -- inventory and pool ----------------------------------------------------------------
+
+    async def gpu_inventory_resolved(self) -> Inventory:
+        """The inventory, discovered once per hub process (NVML) or parsed from config."""
+        key = repr(self.gpu_inventory)
+        if key not in _INVENTORIES:
+            if self.gpu_inventory in ([], ""):
+                loop = asyncio.get_running_loop()
+                inventory = await loop.run_in_executor(self.executor, discover_nvml)
+            else:
+                inventory = parse_static_inventory(
+                    self.gpu_inventory, option=self._opt("gpu_inventory")
+                )
+            _INVENTORIES[key] = inventory
+        return _INVENTORIES[key]
+
+    async def gpu_pool(self) -> GPUPool:
+        """The pool shared by every spawner of this hub on the same Docker engine."""
+        inventory = await self.gpu_inventory_resolved()
+        key = (str(self.client.base_url), inventory.ids())
+        if key not in _POOLS:
+            claims_cache = _CLAIM_CACHES.setdefault(key, {})
+
+            def observe_running_claims() -> Observation:
+                return self._observe_running_claims(inventory, claims_cache)
+
+            async def observe() -> Observation:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.executor, observe_running_claims)
+
+            _POOLS[key] = GPUPool(inventory, observe)
+        return _POOLS[key]
+
+    def _live_containers(self) -> list[dict[str, Any]]:
+        # "created": a container whose start is still under way (or that someone created
+        # and will start) is given its GPUs at start, so it holds them already.
+        live: list[dict[str, Any]] = self.client.containers(
+            filters={"status": ["created", "running", "paused", "restarting"]}
+        )
+        return live
+
+    def _claim_of(self, container_id: str, cache: dict[str, Any]) -> ClaimedGPUs | None:
+        """What a container holds (None: it is gone); device requests never change after
+        create, so each container is inspected once."""
+        claim: ClaimedGPUs | None = cache.get(container_id)
+        if claim is not None:
+            return claim
+        if "default_runtime" not in cache:
+            cache["default_runtime"] = str(self.client.info().get("DefaultRuntime") or "runc")
+        try:
+            info = self.client.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return None
+        claim = claimed_gpus(
+            info.get("HostConfig") or {},
+            info["Config"].get("Env"),
+            default_runtime=cache["default_runtime"],
+        )
+        cache[container_id] = claim
+        return claim
+
+    def _observe_running_claims(self, inventory: Inventory, cache: dict[str, Any]) -> Observation:
+        """GPU ids held by every live container on the engine, ours or started by hand."""
+        busy: set[str] = set()
+        seen: set[str] = set()
+        names: set[str] = set()
+        for summary in self._live_containers():
+            container_id = summary["Id"]
+            seen.add(container_id)
+            names.update(name.lstrip("/") for name in summary.get("Names") or [])
+            claim = self._claim_of(container_id, cache)
+            if claim is not None:
+                busy |= inventory.resolve_claim(claim)
+        for gone in set(cache) - seen - {"default_runtime"}:
+            del cache[gone]
+        return Observation(frozenset(busy), frozenset(names))
+
+    # -- profiles and user options -------------------------------------------------------
+
+    # -- the WorkspaceMixin hooks ----------------------------------------------------------
+
+    async def total_gpus(self) -> int | None:
+        try:
+            return len(await self.gpu_inventory_resolved())
+        except InventoryError:
+            return None
+
+    async def gpu_availability(self) -> GPUAvailability | None:
+        """Free GPUs for the spawn form; a 503 with a sentence when Docker cannot tell."""
+        try:
+            pool = await self.gpu_pool()  # the first call makes the Docker client
+            snapshot = await pool.refresh()
+        except InventoryError as e:
+            self.log.warning("GPU inventory unavailable for the spawn form: %s", e)
+            return None
+        except Exception as e:
+            refusal = _form_refusal(e)
+            if refusal is None:
+                raise
+            self.log.warning("Spawn form refused (503), Docker cannot tell the free GPUs: %s", e)
+            raise refusal from None
+        return GPUAvailability(
+            pool.inventory.describe(), snapshot.free, snapshot.total, snapshot.queue_length
+        )
+
+    def _quota(self) -> Quota:
+        limit, source = self.user_gpu_limit()
+        return Quota(limit, source, dict(self.gpu_quota_per_group))
+
+    async def check_gpu_quota(self, count: int) -> None:
+        pool = await self._pool_or_refuse()
+        try:
+            pool.check_quota(self.user.name, self._user_groups(), count, self._quota())
+        except AllocationError as e:
+            raise WorkspaceError(str(e), reason="quota", status_code=403) from None
+
+    async def _pool_or_refuse(self) -> GPUPool:
+        try:
+            return await self.gpu_pool()
+        except InventoryError as e:
+            raise WorkspaceError(
+                f"This hub cannot see any GPU ({e}); pick a CPU profile or tell an admin.",
+                reason="gpu-inventory",
+                status_code=503,
+            ) from None
+        except Exception as e:
+            if engine_unreachable(e):
+                raise _engine_down_error() from None
+            raise
+
+    # -- the Docker-facing settings, in one place -----------------------------------------
+
+    def workspace_host_config(self, gpu_ids: Collection[str] | None) -> dict[str, Any]:
+        """Host-config fragment for this server: GPUs, /dev/shm, limits, hardening.
+
+        ``gpu_ids`` are the allocated ids (None: use the static request as configured).
+        Admin ``extra_host_config`` is merged on top, so each default stays overridable.
+        """
+        if gpu_ids and self.gpu_mechanism != "device-requests":
+            request = None
+        elif gpu_ids:
+            request = build_device_request(
+                device_ids=list(gpu_ids), capabilities=self.gpu_capabilities
+            )
+        else:
+            request = build_device_request(
+                count=self.gpu_count or None,
+                device_ids=self.gpu_device_ids or None,
+                all_gpus=self.all_gpus,
+                capabilities=self.gpu_capabilities,
+            )
+        config: dict[str, Any] = {
+            "shm_size": self.effective_shm_size(),
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "init": True,
+        }
+        ulimits = []
+        if self.nofile_limit:
+            ulimits.append({"name": "nofile", "soft": self.nofile_limit, "hard": self.nofile_limit})
+        nproc = self.nproc_limit
+        if nproc is None:
+            nproc = hardening.process_ceiling(_host_pid_max(), self.pids_limit)
+        if nproc:
+            ulimits.append({"name": "nproc", "soft": nproc, "hard": nproc})
+        if ulimits:
+            config["ulimits"] = ulimits
+        if self.cap_add:
+            config["cap_add"] = list(self.cap_add)
+        if self.pids_limit:
+            config["pids_limit"] = self.pids_limit
+        if request is not None:
+            # Plain snake_case dicts: DockerSpawner re-renders this fragment as templates,
+            # which would turn docker-py's dict subclasses into unusable CamelCase dicts.
+            config["device_requests"] = [request]
+        if gpu_ids:
+            config.update(mechanism_host_config(self.gpu_mechanism, list(gpu_ids)))
+        return config
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if self.gpu_ids:
+            # Whatever the mechanism: what the runtime hands over and what a hub reads from
+            # the container (an image may say NVIDIA_VISIBLE_DEVICES=all) agree.
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)
+        return env
+
+    async def create_object(self) -> dict[str, Any]:
+        """Create the container; with GPUs, make sure no other hub's container got them first.
+
+        Two hubs on one engine each keep their own ledger and see the other's claim only once
+        its container exists. So after creating ours (not yet started), the GPUs are checked
+        against every other container: if one created earlier (ties: the smaller id) claims
+        any of them, ours is removed and other GPUs are claimed. Both hubs apply the same
+        rule, so exactly one container of such a pair keeps a GPU, and it starts alone.
+        """
+        for _ in range(GPU_RACE_ATTEMPTS):
+            obj = await self._create_container()
+            if not self.gpu_ids:
+                return obj
+            inventory = await self.gpu_inventory_resolved()
+            loop = asyncio.get_running_loop()
+            rival = await loop.run_in_executor(
+                self.executor, self._older_rival, inventory, obj["Id"]
+            )
+            if rival is None:
+                return obj
+            self.log.warning(
+                "GPU %s of %s also went to container %s, created before ours by another hub; "
+                "trying other GPUs",
+                ",".join(self.gpu_ids),
+                self._log_name,
+                rival,
+            )
+            await self.docker("remove_container", obj["Id"], force=True)
+            self._release_gpus()
+            self.gpu_ids = await self._claim_gpus()
+            self._report(f"Assigned GPU {', '.join(self.gpu_ids)}", progress=35)
+        raise WorkspaceError(
+            "The GPUs this server was given were taken by another hub on this Docker engine, "
+            f"{GPU_RACE_ATTEMPTS} times in a row. Nothing was started; try again.",
+            reason="gpu-unavailable",
+            status_code=503,
+        )
+
+    def _older_rival(self, inventory: Inventory, own_id: str) -> str | None:
+        """The name of a container created before ``own_id`` that claims one of our GPUs."""
+        ours = inventory.canonical(self.gpu_ids)
+        cache = _CLAIM_CACHES.setdefault((str(self.client.base_url), inventory.ids()), {})
+        own_key: tuple[int, str] | None = None
+        for summary in self._live_containers():
+            claim = self._claim_of(summary["Id"], cache)
+            if summary["Id"] == own_id or claim is None:
+                continue
+            if not ours & inventory.resolve_claim(claim):
+                continue
+            try:
+                info = self.client.inspect_container(summary["Id"])
+            except docker.errors.NotFound:
+                continue
+            if own_key is None:
+                own_key = (_created_ns(self.client.inspect_container(own_id)["Created"]), own_id)
+            if (_created_ns(info["Created"]), info["Id"]) < own_key:
+                return str(info["Name"]).lstrip("/")
+        return None
+
+    async def _create_container(self) -> dict[str, Any]:
+        admin_host_config = self._eval_if_callable(self.extra_host_config)
+        if asyncio.iscoroutine(admin_host_config):
+            admin_host_config = await admin_host_config
+        admin_create_kwargs = self._eval_if_callable(self.extra_create_kwargs)
+        if asyncio.iscoroutine(admin_create_kwargs):
+            admin_create_kwargs = await admin_create_kwargs
+        if not self.allow_host_access:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, docker_root_dir, self)
+            # Settings given as callables are only known now (the rest was checked at
+            # start-up): the same sentences, before anything is created.
+            self._refuse_at_spawn(
+                self._admin_problems(admin_host_config, admin_create_kwargs, self.refusal_rules())
+            )
+        ours_create: dict[str, Any] = {"labels": self.workspace_labels(list(self.gpu_ids))}
+        if self.hub_instance:
+            ours_create["labels"][LABEL_HUB_INSTANCE] = self.hub_instance
+        if self.container_user:
+            ours_create["user"] = self.container_user
+        saved = self.extra_host_config, self.extra_create_kwargs
+        self.extra_host_config = _deep_merge(
+            self.workspace_host_config(self.gpu_ids or None), admin_host_config or {}
+        )
+        self.extra_create_kwargs = _deep_merge(ours_create, admin_create_kwargs or {})
+        try:
+            # DockerSpawner merges these with its own and calls create_container, where
+            # docker() checks the final arguments
+            return await super().create_object()  # type: ignore[no-any-return]
+        finally:
+            self.extra_host_config, self.extra_create_kwargs = saved
+
+    # -- start, poll, stop ---------------------------------------------------------------
+
+    @property
+    def gpu_holder(self) -> str:
+        """The pool's key for this server: its container name, unique per user and server."""
+        return self.object_name
+
+    async def _claim_gpus(self) -> list[str]:
+        """Pick this server's GPUs (waiting in the queue if needed); [] for a CPU server."""
+        if not self.wants_gpus():
+            return []
+        try:
+            pool = await self.gpu_pool()
+        except InventoryError as e:
+            if self.gpu_count:
+                raise WorkspaceError(
+                    f"This hub cannot see any GPU ({e}); tell an admin.",
+                    reason="gpu-inventory",
+                    status_code=503,
+                ) from None
+            # Explicit ids / all GPUs without an inventory: pass through untracked.
+            self.log.warning("No GPU inventory (%s); GPUs of %s are not tracked", e, self._log_name)
+            return []
+        if self.gpu_count:
+            plural = "GPU" if self.gpu_count == 1 else "GPUs"
+
+            def report(ahead: int, count: int) -> None:
+                self._report(
+                    f"Waiting for {count} {plural}, "
+                    f"{ahead} request{'s' if ahead != 1 else ''} ahead of you"
+                )
+
+            try:
+                with timed_gpu_wait():  # jupyterhub_gpu_wait_duration_seconds
+                    ids = await pool.acquire(
+                        self.gpu_holder,
+                        self.gpu_count,
+                        user=self.user.name,
+                        groups=self._user_groups(),
+                        quota=self._quota(),
+                        timeout=self.gpu_wait_timeout,
+                        report=report,
+                        server=self.name,
+                        profile=self.profile_slug,
+                        max_waiting_per_user=self.gpu_queue_limit_per_user or None,
+                    )
+                count_allocation(self.profile_slug)
+            except AllocationError as e:
+                # quotas (a user's or a group's) are refusals, not a shortage
+                if isinstance(e, QuotaExceeded):
+                    status = 403
+                elif isinstance(e, QueueLimitReached):
+                    status = 429
+                else:
+                    status = 503
+                raise WorkspaceError(str(e), reason="gpu-unavailable", status_code=status) from None
+            return list(ids)
+        wanted = pool.inventory.ids() if self.all_gpus else self.gpu_device_ids
+        try:
+            ids = await pool.claim_exact(
+                self.gpu_holder,
+                wanted,
+                user=self.user.name,
+                groups=self._user_groups(),
+                server=self.name,
+                profile=self.profile_slug,
+            )
+        except AllocationError as e:
+            raise WorkspaceError(str(e), reason="gpu-unavailable", status_code=503) from None
+        count_allocation(self.profile_slug)
+        return list(ids)
+
+    def docker(self, method: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """DockerSpawner's Docker call in a worker thread, remembered until the thread ends.
+
+        Cancelling the awaiting coroutine does not stop the thread: a ``create`` or ``start``
+        can still land after a spawn was cancelled, so the clean-up waits for these.
+
+        ``create_container`` gets its final arguments checked here, after every merge (ours,
+        DockerSpawner's, the admin's, the profile's): whatever a merge let through, Docker
+        never sees a key off the allow-list.
+        """
+        if method == "create_container" and not self.allow_host_access:
+            self._refuse_at_spawn(
+                hardening.unsafe_create_kwargs(
+                    kwargs,
+                    f"{type(self).__name__} final create_container arguments",
+                    self.refusal_rules(),
+                )
+            )
+        future = self.executor.submit(self._docker, method, *args, **kwargs)
+        calls = self._calls_in_threads()
+        calls.add(future)
+        future.add_done_callback(calls.discard)
+        return asyncio.wrap_future(future)
+
+    def _calls_in_threads(self) -> set[concurrent.futures.Future[Any]]:
+        calls: set[concurrent.futures.Future[Any]] | None = self.__dict__.get("_docker_calls")
+        if calls is None:
+            calls = self.__dict__["_docker_calls"] = set()
+        return calls
+
+    def _hand_over_gpus(self) -> list[tuple[GPUPool, str]]:
+        """Move this server's claims to clean-up keys (see :meth:`GPUPool.hand_over`)."""
+        keys = [(pool, pool.hand_over(self.gpu_holder)) for pool in _POOLS.values()]
+        self.gpu_ids = []
+        return [(pool, key) for pool, key in keys if key]
+
+    async def _discard_unstarted(self, keys: list[tuple[GPUPool, str]]) -> None:
+        """After a failed or cancelled start: once the Docker calls still running in worker
+        threads are done, remove the container they may have made, then free its GPUs.
+
+        Until then the GPUs stay held, so they are never handed out while a container that
+        was given them may still appear or run.
+        """
+        if not keys:
+            return  # no GPUs at stake: the container is left as DockerSpawner leaves it
+        try:
+            pending = [asyncio.wrap_future(f) for f in list(self._calls_in_threads())]
+            if pending:
+                await asyncio.wait(pending, timeout=max(self.start_timeout, 60))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, self._remove_container_named)
+        except Exception as e:
+            # Docker's own view still counts a leftover container's GPUs as busy
+            self.log.warning("Could not remove the container of %s: %s", self._log_name, e)
+        finally:
+            for pool, key in keys:
+                released = pool.release(key)
+                if released:
+                    self.log.info("Released GPUs %s of %s", ",".join(released), self._log_name)
+
+    def _remove_container_named(self) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.remove_container(self.object_name, force=True, v=False)
+
+    def _release_gpus(self) -> None:
+        for pool in _POOLS.values():
+            released = pool.release(self.gpu_holder)
+            if released:
+                self.log.info("Released GPUs %s of %s", ",".join(released), self._log_name)
+        self.gpu_ids = []
+
+    async def start(self) -> tuple[str, int]:
+        self._progress_events = []
+        if self._profile is None and self.profiles:
+            # JupyterHub < 5.3 has no apply_user_options hook
+            await self._apply_profile(self.user_options or {})
+        self.check_image_allowed()
+        self.check_network_guard()
+        try:
+            await self._refuse_a_foreign_container()
+            self.gpu_ids = await self._claim_gpus()
+            if self.gpu_ids:
+                self._report(f"Assigned GPU {', '.join(self.gpu_ids)}", progress=30)
+            async with self.start_slot():  # CPU-bound start-ups go in turns (start_concurrency)
+                self._report("Creating the container", progress=40)
+                ip_port = await super().start()
+                if self.gpu_ids:
+                    (await self.gpu_pool()).mark_running(self.gpu_holder)
+                self._report("Starting the notebook server", progress=70)
+                if self.wait_until_ready:
+                    await self._wait_until_answering(*ip_port)
+            self._report("Server is up", progress=95)
+            reclaimer(self.config).track(self)  # idle reclaim, busy kernels kept
+            return ip_port  # type: ignore[no-any-return]
+        except Exception as e:
+            await self._discard_unstarted(self._hand_over_gpus())
+            explained = _explain_docker_error(e)
+            if explained is None:
+                raise
+            raise explained from None
+        except BaseException:
+            # Cancelled (a stop while pending): end now, within JupyterHub's wait; the
+            # clean-up keeps the GPUs until the container is known gone.
+            cleanup = asyncio.ensure_future(self._discard_unstarted(self._hand_over_gpus()))
+            _CLEANUPS.add(cleanup)
+            cleanup.add_done_callback(_CLEANUPS.discard)
+            raise
+
+    async def poll(self) -> int | str | None:
+        try:
+            status = await super().poll()
+        except Exception as e:
+            if not engine_unreachable(e):
+                raise
+            # Cannot tell: keep the server (and its GPUs) until the engine answers again.
+            # Reporting it stopped would throw away a server that is most likely still up,
+            # e.g. when the hub starts before dockerd.
+            self.log.warning(
+                "Docker engine not answering; keeping %s as running: %s", self._log_name, e
+            )
+            return None
+        if status is None:
+            if not self.api_token:
+                await self._recover_api_token()
+            if self.gpu_ids:
+                await self._readopt_gpus()
+            reclaimer(self.config).track(self)  # e.g. after a hub restart
+        else:
+            reclaimer(self.config).untrack(self)
+            if self.gpu_ids:
+                self._release_gpus()
+        return status  # type: ignore[no-any-return]
+
+    async def _refuse_a_foreign_container(self) -> None:
+        """DockerSpawner removes any container with the name it wants; never one that this
+        hub did not create (another hub's on the same engine, or one started by hand)."""
+        try:
+            info = await self.docker("inspect_container", self.object_name)
+        except docker.errors.NotFound:
+            return
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_PREFIX_NAME) != self.prefix:
+            raise WorkspaceError(
+                f"A container named {self.object_name} exists on this Docker engine that this "
+                "hub did not create (another hub's, or started by hand), so nothing was "
+                "started and that container was left alone. Tell an admin: each hub on one "
+                "engine needs its own GPUWS_CONTAINER_PREFIX.",
+                reason="name-taken",
+                status_code=409,
+            )
+
+    async def _recover_api_token(self) -> None:
+        """After a hub restart the spawner has no token: read it back from the container.
+
+        The reclaimer asks the server about busy kernels with it, and JupyterHub revokes it
+        when the server stops; without it an old token would stay valid after the stop.
+        """
+        try:
+            info = await self.get_object()
+        except Exception as e:
+            self.log.warning("Could not read the API token of %s: %s", self._log_name, e)
+            return
+        for entry in ((info or {}).get("Config") or {}).get("Env") or ():
+            name, _, value = str(entry).partition("=")
+            if name == "JUPYTERHUB_API_TOKEN" and value:
+                self.api_token = value
+
+    async def _readopt_gpus(self) -> None:
+        """After a hub restart the ledger is empty: take back what this server holds."""
+        try:
+            pool = await self.gpu_pool()
+        except InventoryError:
+            return
+        if tuple(pool.ledger.held_by(self.gpu_holder)) == tuple(self.gpu_ids):
+            return
+        try:
+            started = self.orm_spawner.started if self.orm_spawner is not None else None
+            pool.restore(
+                self.gpu_holder,
+                self.gpu_ids,
+                user=self.user.name,
+                groups=self._user_groups(),
+                server=self.name,
+                profile=self.profile_slug,
+                since=started.replace(tzinfo=UTC).timestamp() if started else None,
+            )
+        except AllocationError as e:
+            self.log.error("GPU conflict re-adopting %s: %s", self._log_name, e)
+
+    async def rename(self, old_name: str, new_name: str) -> None:
+        """JupyterHub 6 renames a stopped named server: refuse when a volume's name derives
+        from the server's name, since the renamed server would get a new, empty volume."""
+        templates = [*self.volumes, *self.read_only_volumes]
+        per_server = sorted(str(t) for t in templates if "{servername}" in str(t))
+        if per_server:
+            raise WorkspaceError(
+                f"Server {old_name!r} cannot be renamed: its volume {per_server[0]} is named "
+                "after the server, so the new name would start with a new, empty one. "
+                "Nothing was changed.",
+                reason="rename",
+                status_code=400,
+            )
+
+    async def stop(self, now: bool = False) -> None:
+        reclaimer(self.config).untrack(self)
+        try:
+            await super().stop(now=now)
+        except Exception as e:
+            if not engine_unreachable(e):
+                raise
+            # JupyterHub forgets the server and revokes its token whatever happens here; the
+            # container is removed by the next start of this server (same name). Its GPUs
+            # stay busy in Docker's view until then, so they are never handed out twice.
+            self.log.error(
+                "Docker engine not answering while stopping %s; container %s is left for the "
+                "next start of this server to remove: %s",
+                self._log_name,
+                self.object_name,
+                e,
+            )
+            self.clear_state()
+        finally:
+            self._release_gpus()

@@ -1,0 +1,1 @@
+"""Hub-side features and operator commands: config, reclaim, dashboard, doctor, auth, guard."""
