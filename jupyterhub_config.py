@@ -27,7 +27,8 @@ from spawner.hub.config import (
     unset_empty_env,
 )
 from spawner.hub.dashboard import handlers as gpu_dashboard_handlers
-from spawner.hub.reclaim import idle_culler_service, start_with_hub
+from spawner.hub.reclaim import idle_culler_service, reclaimer_service
+from spawner.hub.startup import start_with_hub
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
 # Compose passes unset settings as empty strings; for oauthenticator, empty means unset.
@@ -171,7 +172,8 @@ c.GPUDockerSpawner.start_timeout = int(env_number("GPUWS_START_TIMEOUT", 600) or
 # Any server idle this long is stopped by jupyterhub-idle-culler (0: never).
 c.GPUReclaimer.idle_timeout = idle_timeout = env_number("GPUWS_IDLE_TIMEOUT", 7200.0) or 0.0
 # GPU servers are stopped sooner, and their GPUs go to the next user (0: idle_timeout only).
-c.GPUReclaimer.gpu_idle_timeout = env_number("GPUWS_GPU_IDLE_TIMEOUT", 1800.0) or 0.0
+gpu_idle_timeout = env_number("GPUWS_GPU_IDLE_TIMEOUT", 1800.0) or 0.0
+c.GPUReclaimer.gpu_idle_timeout = gpu_idle_timeout
 # With NVML: a GPU server is idle only if its GPUs also show no utilisation.
 c.GPUReclaimer.require_no_gpu_utilization = env_bool("GPUWS_GPU_IDLE_REQUIRE_NO_UTILIZATION", True)
 c.GPUReclaimer.utilization_threshold = int(env_number("GPUWS_GPU_IDLE_UTILIZATION", 1) or 1)
@@ -182,6 +184,14 @@ if idle_timeout:
     culler, culler_role = idle_culler_service(idle_timeout, check_every)
     c.JupyterHub.services.append(culler)
     c.JupyterHub.load_roles.append(culler_role)
+# The reclaimer acts through the REST API as the service gpu-reclaimer (users:activity and
+# delete:servers only); its token is made once and kept with the other secrets.
+if idle_timeout or gpu_idle_timeout:
+    reclaimer_token = secret_file(os.path.join(state_dir, "reclaimer_api_token"))
+    c.GPUReclaimer.api_token = reclaimer_token
+    reclaimer, reclaimer_role = reclaimer_service(reclaimer_token)
+    c.JupyterHub.services.append(reclaimer)
+    c.JupyterHub.load_roles.append(reclaimer_role)
 # /hub/gpus (page) and /hub/api/gpus (JSON), for admins: every GPU, its holder, the queue.
 c.JupyterHub.extra_handlers = gpu_dashboard_handlers()
 # /hub/metrics (jupyterhub_gpus_*, jupyterhub_gpu_*) needs a token with read:metrics:

@@ -3,9 +3,11 @@
     python -m bench                       # everything (~30 min on 2 cores)
     python -m bench --quick               # fewer rounds and sizes (~8 min)
     python -m bench --only spawn,alloc    # some sections; the others' results are kept
+    python -m bench --only scale --scale-servers 10 --scale-rest-seconds 20   # a small scale run
 
-Sections: alloc, spawn, concurrency, restart, footprint, builds. Results are written after
-each section, so an interrupted run keeps what it finished.
+Sections: alloc, spawn, concurrency, restart, footprint, builds, scale (150 idle servers per
+hub, ~15 min). Results are written after each section, so an interrupted run keeps what it
+finished.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from typing import Any
 
 import docker
 
-from spawner import alloc, footprint, report, restart, spawn
-
+from . import alloc, footprint, report, restart, scale, spawn
 from .env import BENCH_LABEL, dumps, engine, ensure_network, log, machine_info, remove_labelled
 
-SECTIONS = ("alloc", "spawn", "concurrency", "restart", "footprint", "builds")
+SECTIONS = ("alloc", "spawn", "concurrency", "restart", "footprint", "builds", "scale")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -46,6 +47,13 @@ def _plan(args: argparse.Namespace) -> dict[str, Callable[[docker.DockerClient],
             "image_sizes": footprint.image_sizes(c),
         },
         "builds": lambda c: footprint.builds(c, cold=not quick),
+        "scale": lambda c: scale.scale(
+            c,
+            servers=args.scale_servers or (scale.QUICK_SERVERS if quick else scale.SERVERS),
+            rest_s=args.scale_rest_seconds,
+            poll_interval=args.scale_poll_interval,
+            poll_rounds=args.scale_poll_rounds,
+        ),
     }
 
 
@@ -62,12 +70,45 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="users at once for the concurrency section (default 10,20,40; quick: 10,40)",
     )
+    parser.add_argument(
+        "--scale-servers",
+        type=int,
+        default=0,
+        help=f"idle servers per hub in the scale section (default {scale.SERVERS}; "
+        f"quick: {scale.QUICK_SERVERS})",
+    )
+    parser.add_argument(
+        "--scale-rest-seconds",
+        type=float,
+        default=60.0,
+        help="seconds the scale section measures each hub at rest (default 60)",
+    )
+    parser.add_argument(
+        "--scale-poll-interval",
+        type=float,
+        default=10.0,
+        help="poll and activity interval of both hubs in the scale section (default 10 s)",
+    )
+    parser.add_argument(
+        "--scale-poll-rounds",
+        type=int,
+        default=scale.POLL_ROUNDS,
+        help=f"timed poll cycles of every server per hub in the scale section "
+        f"(default {scale.POLL_ROUNDS})",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.scale_servers < 0 or args.scale_rest_seconds <= 0 or args.scale_poll_interval < 1:
+        parser.error(
+            "--scale-servers must be 0 (the default) or more, --scale-rest-seconds more than 0 "
+            "and --scale-poll-interval at least 1 (JupyterHub takes whole seconds)"
+        )
+    if args.scale_poll_rounds < 1:
+        parser.error("--scale-poll-rounds must be at least 1")
 
     # `timeout`/`kill` must not leave hubs and containers behind: run the finally blocks.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -10,6 +10,18 @@ TARGETS = {
     "idle_over_floor_mib": 10.0,
     "forty_p95_over_single": 3.0,
 }
+# Issue 15's goals at 150 idle servers (strictly below each).
+SCALE_GOALS = {
+    "form_p95_ms": 100.0,
+    "placement_p95_ms": 5.0,
+    "hub_cpu_pct": 5.0,
+    # O(1): Docker calls per poll interval may grow by less than this per added server
+    # (stock DockerSpawner inspects every container at each poll: ~1)
+    "api_calls_per_added_server": 0.1,
+    # O(1): Docker calls of one poll cycle (every server's poll() at once), per server
+    # (stock inspects each container: 1; ours reads the engine observer's cache: 0)
+    "api_calls_per_poll_cycle_per_server": 0.1,
+}
 
 
 def _f(value: Any, digits: int = 2, unit: str = "") -> str:
@@ -28,6 +40,163 @@ def _met(value: float | None, limit: float) -> str:
 
 def _row(figure: str, value: Any, target: str = "", status: str = "") -> dict[str, Any]:
     return {"figure": figure, "value": value, "target": target, "status": status}
+
+
+def _get(data: Any, *keys: str) -> Any:
+    """``data[k1][k2]…``, or None where a level is missing."""
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _below(value: float | None, limit: float) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if value < limit else "**missed**"
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return None
+    return float(a) / float(b)
+
+
+def _slope(run: dict[str, Any], small: int, big: int) -> float | None:
+    """Docker calls per interval added per added server, from N/5 to N servers at rest."""
+    at_small = _get(run, "rest_small", "api_calls_per_interval")
+    at_big = _get(run, "rest", "api_calls_per_interval")
+    if at_small is None or at_big is None or big <= small:
+        return None
+    return float(at_big - at_small) / (big - small)
+
+
+def _servers_up(run: dict[str, Any]) -> int | None:
+    counts = [_get(run, part, "ok") for part in ("spawn_small", "spawn")]
+    return None if None in counts else sum(counts)
+
+
+def scale_rows(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The "At N idle servers" table: one row per figure, ours and stock side by side.
+
+    Each row: ``figure``, ``ours``, ``stock``, ``ratio`` (ours / stock where both are
+    numbers), ``goal`` (issue 15's, "" for none) and ``status`` (met / missed, judged on ours).
+    """
+    ours, stock = section.get("ours") or {}, section.get("stock") or {}
+    n, small = section.get("servers", 0), section.get("small", 0)
+    interval = section.get("poll_interval_s")
+    goals = SCALE_GOALS
+    figures: list[tuple[str, tuple[str, ...], str, float | None]] = [
+        ("spawn form p50, ms", ("form", "ms", "median"), "", None),
+        ("spawn form p95, ms", ("form", "ms", "p95"), "< 100 ms", goals["form_p95_ms"]),
+        ("/hub/home p50, ms", ("home", "ms", "median"), "", None),
+        ("/hub/home p95, ms", ("home", "ms", "p95"), "", None),
+        ("/hub/api/gpus p50, ms", ("api_gpus", "ms", "median"), "", None),
+        ("/hub/api/gpus p95, ms", ("api_gpus", "ms", "p95"), "", None),
+        ("placement (acquire + release 1 GPU) p50, ms", ("placement", "ms", "median"), "", None),
+        (
+            "placement (acquire + release 1 GPU) p95, ms",
+            ("placement", "ms", "p95"),
+            "< 5 ms",
+            goals["placement_p95_ms"],
+        ),
+        (
+            "hub process CPU at rest, % of one core",
+            ("rest", "cpu_pct_of_one_core", "hub"),
+            "< 5 %",
+            goals["hub_cpu_pct"],
+        ),
+        ("proxy CPU at rest, % of one core", ("rest", "cpu_pct_of_one_core", "proxy"), "", None),
+        (
+            "hub's services (idle culler) CPU at rest, % of one core",
+            ("rest", "cpu_pct_of_one_core", "services"),
+            "",
+            None,
+        ),
+        ("hub process RSS, MiB", ("rest", "hub_rss_mib"), "", None),
+        ("hub + proxy + services RSS, MiB", ("rest", "tree_rss_mib"), "", None),
+        (
+            f"Docker API calls per poll interval ({interval} s) at {small} servers",
+            ("rest_small", "api_calls_per_interval"),
+            "",
+            None,
+        ),
+        (
+            f"Docker API calls per poll interval ({interval} s) at {n} servers",
+            ("rest", "api_calls_per_interval"),
+            "",
+            None,
+        ),
+        ("Docker API calls per spawn", ("spawn", "api_calls_per_spawn"), "", None),
+    ]
+    rows = [_scale_row(f"servers up (of {n} asked)", _servers_up(ours), _servers_up(stock), "all")]
+    rows[0]["status"] = "met" if rows[0]["ours"] == n and n else "**missed**"
+    for figure, keys, goal, limit in figures:
+        row = _scale_row(figure, _get(ours, *keys), _get(stock, *keys), goal)
+        if limit is not None:
+            row["status"] = _below(row["ours"], limit)
+        rows.append(row)
+    rows += _poll_rows(ours, stock, n)
+    limit = goals["api_calls_per_added_server"]
+    row = _scale_row(
+        f"added Docker calls per interval per added server ({small} → {n})",
+        _slope(ours, small, n),
+        _slope(stock, small, n),
+        f"O(1): < {limit}",
+    )
+    row["status"] = _below(row["ours"], limit)
+    rows.append(row)
+    return rows
+
+
+def _poll_rows(ours: dict[str, Any], stock: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """One poll cycle at ``n`` servers: its time, its Docker calls (the O(1) goal, judged on
+    ours) and how many polls said "running" (met only when both said so for all ``n``: else
+    the two did not time the same work)."""
+    rows = [
+        _scale_row(f"one poll cycle of {n} servers {q}, ms", *_both(ours, stock, "ms", key), "")
+        for q, key in (("p50", "median"), ("p95", "p95"))
+    ]
+    running = _scale_row(
+        f"polls answering running in one cycle (of {n})",
+        *_both(ours, stock, "answered_running"),
+        "all",
+    )
+    running["status"] = "met" if n and running["ours"] == running["stock"] == n else "**missed**"
+    per_server = SCALE_GOALS["api_calls_per_poll_cycle_per_server"]
+    calls = _scale_row(
+        f"Docker API calls per poll cycle of {n} servers",
+        *_both(ours, stock, "api_calls_per_cycle"),
+        f"O(1): < {per_server * n:g}",
+    )
+    calls["status"] = _below(calls["ours"], per_server * n)
+    return [*rows, running, calls]
+
+
+def _both(ours: dict[str, Any], stock: dict[str, Any], *keys: str) -> tuple[Any, Any]:
+    return _get(ours, "poll_cycle", *keys), _get(stock, "poll_cycle", *keys)
+
+
+def _scale_row(figure: str, ours: Any, stock: Any, goal: str) -> dict[str, Any]:
+    return {
+        "figure": figure,
+        "ours": ours,
+        "stock": stock,
+        "ratio": _ratio(ours, stock),
+        "goal": goal,
+        "status": "",
+    }
+
+
+def scale_headline(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scale rows that carry a goal, as headline rows (ours against the goal)."""
+    n = section.get("servers")
+    return [
+        _row(f"{n} idle servers: {r['figure']}", r["ours"], r["goal"], r["status"])
+        for r in scale_rows(section)
+        if r["goal"]
+    ]
 
 
 def headline(sections: dict[str, Any], nproc: int | None = None) -> list[dict[str, Any]]:
@@ -156,6 +325,8 @@ def headline(sections: dict[str, Any], nproc: int | None = None) -> list[dict[st
                 _met(over, limit),
             )
         )
+    if sections.get("scale"):
+        rows += scale_headline(sections["scale"])
     return rows
 
 
@@ -352,5 +523,64 @@ def render(results: dict[str, Any]) -> str:
                     f"| {name} | {_f(b.get('cold_s'), 1)} | {_f(b.get('warm_s'), 1)} | "
                     f"{_f(b.get('build_images_sh_up_to_date_s'), 1)} |"
                 )
+    out += _render_scale(sections.get("scale"))
     out.append("")
     return "\n".join(out)
+
+
+def _render_scale(section: dict[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    n = section["servers"]
+    out = ["", f"## 6. At {n} idle servers — {section.get('timestamp', '?')}", ""]
+    out.append(
+        f"One hub per contender, one after the other, {n} idle servers each (started through "
+        f"the REST API in batches of {section.get('batch')}, the first {section.get('small')} "
+        f"measured at rest on their own too); for ours 1 server in {section.get('gpu_every')} "
+        f"holds one of {section.get('gpus')} fake GPUs. At rest: "
+        f"{_f(_get(section, 'ours', 'rest', 'seconds'), 0)} s with "
+        f"`last_activity_interval` = `poll_interval` = {section.get('poll_interval_s')} s for "
+        "both. Docker API calls are counted by a proxy between the hub and the engine "
+        "(`bench/apicount.py`); pages are 100 GETs each through the proxy; the placement is "
+        "1,000 acquire + release of 1 GPU on a `GPUPool` in the bench process, fed from the "
+        f"live engine ({_get(section, 'ours', 'placement', 'how') or 'not measured'}). "
+        f"One poll cycle: every server's `poll()` at once, {section.get('poll_rounds', '?')} "
+        "times after one unmeasured, with spawner objects of each hub's class built in the "
+        "bench process for that hub's containers, their Docker calls counted by a proxy of "
+        "their own."
+    )
+    out += [
+        "",
+        "| figure | ours | stock | ours/stock | goal | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in section.get("table") or scale_rows(section):
+        out.append(
+            f"| {r['figure']} | {_f(r['ours'])} | {_f(r['stock'])} | {_f(r['ratio'])} "
+            f"| {r['goal']} | {r['status']} |"
+        )
+    for kind in ("ours", "stock"):
+        run = section.get(kind) or {}
+        what = _get(run, "form", "what")
+        if what:
+            out += ["", f"{kind}: spawn form = {what}."]
+        by_kind = (
+            (("rest", "api_calls_by_kind"), f"per interval at rest, {n} servers"),
+            (("spawn", "api_calls_per_spawn_by_kind"), "per spawn"),
+            (("poll_cycle", "api_calls_by_kind"), "per poll cycle"),
+        )
+        for keys, label in by_kind:
+            calls = _get(run, *keys)
+            if calls is not None:
+                top = ", ".join(f"`{k}` {_f(v)}" for k, v in list(calls.items())[:8]) or "none"
+                out.append(f"{kind}: Docker calls {label}, by kind: {top}.")
+        errors = [
+            *(_get(run, "spawn_small", "errors") or []),
+            *(_get(run, "spawn", "errors") or []),
+            *([f"poll cycle: {e}"] if (e := _get(run, "poll_cycle", "error")) else []),
+        ]
+        if run.get("error") or errors:
+            out.append(
+                f"{kind}: errors: {'; '.join([run.get('error') or '', *errors]).strip('; ')}"
+            )
+    return out

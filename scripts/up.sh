@@ -95,7 +95,7 @@ if [[ "$bind" == 0.0.0.0 || "$bind" == "::" ]]; then
     echo "  (from other machines: $scheme://$(hostname -f 2>/dev/null || hostname):$port/)"
 fi
 if [[ "${GPUWS_AUTHENTICATOR:-native}" == native ]]; then
-    # Written by the hub (spawner/nativeauth.py) before it answers; removed once no admin
+    # Written by the hub (spawner/hub/nativeauth.py) before it answers; removed once no admin
     # account has that password any more. Shown once: the .shown mark keeps later runs quiet.
     file=/srv/jupyterhub/state/initial_admin_password
     read_file="scripts/compose.sh exec hub cat $file"

@@ -1,7 +1,7 @@
 """``python -m spawner <command>``: operator commands of GPU workspaces.
 
 - ``doctor``: preflight checks (Docker, NVIDIA driver, GPUs, images, network, profiles).
-- ``netguard``: keeps the notebook network's isolation rules installed (spawner/netguard.py).
+- ``netguard``: keeps the notebook network's isolation rules installed (spawner/hub/netguard.py).
 """
 
 from __future__ import annotations

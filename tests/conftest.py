@@ -21,6 +21,8 @@ from harness import (
     versions,
 )
 
+from spawner.runtime.runtime import reset_runtime
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
@@ -33,6 +35,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The check of the machine's engine runs last, after everything that could change it.
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
+@pytest.fixture(autouse=True)
+def fresh_hub_runtime() -> Iterator[None]:
+    """Spawners built in this process share one hub runtime; each test starts without one
+    and its runtime (threads, observers, the metrics collector) is stopped afterwards."""
+    reset_runtime()
+    yield
+    reset_runtime()
 
 
 @pytest.fixture(scope="session")

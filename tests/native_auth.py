@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 TIMEOUT = 30
-# Where the hub keeps the admins' generated initial password (spawner/nativeauth.py).
+# Where the hub keeps the admins' generated initial password (spawner/hub/nativeauth.py).
 INITIAL_PASSWORD_FILE = "initial_admin_password"
 
 

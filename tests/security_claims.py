@@ -36,8 +36,8 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
         "all capabilities dropped, none added",
         "raw sockets, mounts, ptrace, chown of others' files…",
         "`cap_add`: only Docker's default set minus NET_RAW and MKNOD "
-        "(`spawner/hardening.py: CAPABILITY_ALLOWLIST`); a non-root user with no-new-privileges "
-        "cannot use an added capability anyway",
+        "(`spawner/core/hardening.py: CAPABILITY_ALLOWLIST`); a non-root user with "
+        "no-new-privileges cannot use an added capability anyway",
         [HARDENED, "tests/test_hardening.py::test_capability_allowlist"],
     ),
     (
@@ -208,8 +208,8 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
         "names from user names are escaped, unique and bounded",
         "a user name such as `..`, `a--b` or 255 characters reaching Docker or a host path, two "
         "users sharing a container or home volume",
-        "`spawner/names.py`: `[a-z0-9-]` only, at most 63 characters; host-path templates with "
-        "`{raw_username}`/`{raw_servername}` are refused",
+        "`spawner/core/names.py`: `[a-z0-9-]` only, at most 63 characters; host-path templates "
+        "with `{raw_username}`/`{raw_servername}` are refused",
         [
             "tests/test_hardening.py::test_hostile_user_names_get_safe_unique_names",
             "tests/test_hardening.py::test_escape_name_is_injective",

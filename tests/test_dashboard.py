@@ -9,7 +9,7 @@ from faults import DOCKER_TROUBLE
 from spawner.core.inventory import parse_static_inventory
 from spawner.core.pool import GPUView, Holding, PoolView, Waiting
 from spawner.hub.dashboard import dashboard_data, docker_unavailable, handlers, iso
-from spawner.hub.reclaim import GPUSample
+from spawner.runtime.nvml import GPUSample
 
 NOW = 1_700_000_000.0
 

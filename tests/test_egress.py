@@ -1,4 +1,4 @@
-"""The network policy as rules (spawner/egress.py): tables of plain values, no engine."""
+"""The network policy as rules (spawner/core/egress.py): tables of plain values, no engine."""
 
 from __future__ import annotations
 

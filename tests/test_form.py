@@ -9,8 +9,8 @@ from faults import DOCKER_TROUBLE, docker_api_error
 from traitlets.config import Config
 
 from spawner.backends.docker import _form_refusal
+from spawner.backends.errors import WorkspaceError
 from spawner.backends.swarm import GPUSwarmSpawner
-from spawner.core.errors import WorkspaceError
 from spawner.core.form import TEMPLATE_NAME, availability_text, options_from_form, render_form
 from spawner.core.profiles import DEFAULT_PROFILES, Profile, parse_profiles
 
@@ -274,7 +274,7 @@ def test_the_form_is_a_503_with_a_sentence_when_docker_cannot_count_the_gpus(
     "case",
     [
         {"error": requests.exceptions.ConnectionError("refused"), "says": "is not answering"},
-        {"error": docker_api_error(), "says": "is answering with errors"},
+        {"error": docker_api_error(), "says": "Swarm manager of this hub answered with an error"},
     ],
 )
 async def test_the_swarm_form_is_a_503_with_a_sentence_when_the_manager_fails(

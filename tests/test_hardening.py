@@ -1,7 +1,7 @@
 """Hardened by default: what a notebook container gets, which names it gets, which images.
 
-Table tests of the pure checks (spawner/hardening.py, spawner/names.py) and of the spawner's
-start-up refusals run anywhere; the ``docker`` tests start a real hub and assert on
+Table tests of the pure checks (spawner/core/hardening.py, spawner/core/names.py) and of the
+spawner's start-up refusals run anywhere; the ``docker`` tests start a real hub and assert on
 ``docker inspect`` and on what the kernel shows inside the container (/proc/1/status).
 """
 
@@ -23,7 +23,8 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from spawner.backends.docker import GPUDockerSpawner
-from spawner.core.errors import WorkspaceError
+from spawner.backends.errors import WorkspaceError
+from spawner.core.builders import make_host_config
 from spawner.core.hardening import (
     CAPABILITY_ALLOWLIST,
     NPROC_CEILING_MAX,
@@ -282,7 +283,7 @@ def test_allow_host_access_accepts_them() -> None:
 
 
 def test_host_config_has_the_hardening_defaults() -> None:
-    config = _spawner().workspace_host_config(None)
+    config = make_host_config(_spawner().plan)
     assert config["cap_drop"] == ["ALL"]
     assert config["security_opt"] == ["no-new-privileges:true"]
     assert config["pids_limit"] == 4096
@@ -293,7 +294,7 @@ def test_host_config_has_the_hardening_defaults() -> None:
     assert limits["nproc"] == (nproc, nproc)
     assert "privileged" not in config and "cap_add" not in config
     assert unsafe_host_config(config, OPT) == []
-    explicit = _spawner(nproc_limit=0).workspace_host_config(None)
+    explicit = make_host_config(_spawner(nproc_limit=0).plan)
     assert {u["name"] for u in explicit["ulimits"]} == {"nofile"}
 
 

@@ -10,9 +10,9 @@ from spawner.core.inventory import (
     GPU,
     Inventory,
     InventoryError,
-    discover_nvml,
     parse_static_inventory,
 )
+from spawner.runtime.nvml import discover_nvml
 
 MiB = 1024**2
 GiB = 1024**3

@@ -1,4 +1,4 @@
-"""The login policy's pure decisions (spawner/loginpolicy.py), as tables (no engine)."""
+"""The login policy's pure decisions (spawner/core/loginpolicy.py), as tables (no engine)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def make_pool(n: int = 4, external: frozenset[str] = frozenset()) -> GPUPool:
 
 def scrape(pools: list[GPUPool]) -> dict[str, float]:
     registry = CollectorRegistry()
-    registry.register(metrics.PoolCollector(lambda: pools))
+    registry.register(metrics.SourceCollector(lambda: pools))
     text = generate_latest(registry).decode()
     return {
         sample.name: sample.value

@@ -147,7 +147,10 @@ def test_idle_gpu_server_is_reclaimed_and_its_gpu_goes_to_the_waiting_user(
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(ann.id)
     assert visible_gpus(docker_client, hub.server_container(docker_client, "ben").id) == [gpu]
-    assert "GPU reclaimer: stopping ann" in hub.log_path.read_text()
+    log = hub.log_path.read_text()
+    assert "GPU reclaimer: stopping ann" in log
+    # stopped through the REST API, as the service gpu-reclaimer
+    assert " DELETE /hub/api/users/ann/server (gpu-reclaimer@" in log
 
 
 def test_a_busy_kernel_is_never_culled_as_idle(

@@ -1,19 +1,28 @@
-"""Idle reclaim decisions, NVML sampling and settings; the loop against a real hub is in
-test_operations.py."""
+"""Idle reclaim: the pure decision, NVML sampling and settings as tables; the loop's wiring to
+the hub runtime; and the loop acting on a real hub through its REST API as the service
+gpu-reclaimer (more end-to-end reclaim tests are in test_operations.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import types
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import docker
 import pytest
+from harness import Hub, wait_for
+from jupyterhub.scopes import expand_scopes
+from test_operations import gpus, last_activity, start_busy_kernel
 from traitlets import TraitError
 from traitlets.config import Config
 
-from spawner.hub import reclaim
-from spawner.hub.reclaim import GPUReclaimer, Observed, decide, kernels_busy, sample_gpus
+from spawner.core.idle import Observed, decide, kernels_busy
+from spawner.hub import reclaim, startup
+from spawner.hub.reclaim import GPUReclaimer, reclaimer_for
+from spawner.runtime.nvml import sample_gpus
+from spawner.runtime.runtime import RuntimeSettings, create_runtime, reset_runtime
 
 NOW = datetime(2025, 1, 1, 12, 0, 0)
 
@@ -173,79 +182,182 @@ def test_idle_culler_service_has_only_the_scopes_it_needs() -> None:
 
 
 def test_start_with_hub_outside_the_hub_only_checks() -> None:
-    from spawner.hub.config import ConfigError
+    from spawner.core.errors import ConfigError
 
-    reclaim.start_with_hub(Config())  # no running loop: nothing scheduled
+    startup.start_with_hub(Config())  # no running loop: nothing scheduled
     bad = Config({"GPUReclaimer": {"idle_timeout": 60, "gpu_idle_timeout": 120}})
     with pytest.raises(ConfigError, match="gpu_idle_timeout"):
-        reclaim.start_with_hub(bad)
+        startup.start_with_hub(bad)
 
 
-# -- the round, with stand-in spawners --------------------------------------------------------
-
-
-class FakeDB:
-    def __init__(self) -> None:
-        self.commits = 0
-
-    def commit(self) -> None:
-        self.commits += 1
-
-
-class FakeUser:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.db = FakeDB()
-        self.orm_user = types.SimpleNamespace(last_activity=None)
-        self.settings: dict[str, Any] = {}
-        self.stopped: list[str] = []
-
-    async def stop(self, name: str) -> None:
-        self.stopped.append(name)
-
-
-class FakeSpawner:
-    def __init__(self, user: str, idle_s: float, gpu_ids: list[str]) -> None:
-        self.user = FakeUser(user)
-        self.name = ""
-        self.gpu_ids = gpu_ids
-        self.gpu_inventory = "4"
-        self.ready = True
-        self.server = types.SimpleNamespace(url="http://x/")
-        self.api_token = "t"
-        self._log_name = user
-        last = reclaim.utcnow() - timedelta(seconds=idle_s)
-        self.orm_spawner = types.SimpleNamespace(last_activity=last)
-
-
-async def test_one_round_keeps_busy_servers_and_reclaims_idle_gpu_servers(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"api_url": "127.0.0.1:8081/hub/api"}, "GPUReclaimer.api_url must be an http"),
+        ({"api_url": "ftp://hub/api"}, "GPUReclaimer.api_url must be an http"),
+        ({"api_token": "two words"}, "GPUReclaimer.api_token must not contain spaces"),
+    ],
+)
+def test_bad_api_settings_are_refused_naming_the_option(
+    settings: dict[str, Any], problem: str
 ) -> None:
-    r = GPUReclaimer(config=Config({"GPUReclaimer": {"gpu_idle_timeout": 60, "check_interval": 5}}))
-    busy = {"trainer": True, "idler": False, "cpu-idler": False, "mute": None}
+    with pytest.raises(TraitError, match=problem):
+        GPUReclaimer(config=Config({"GPUReclaimer": settings}))
 
-    async def kernels(spawner: Any) -> bool | None:
-        return busy[spawner.user.name]
 
-    monkeypatch.setattr(r, "_kernels_busy", kernels)
-    monkeypatch.setattr(r, "start", lambda: None)
-    spawners = {
-        "trainer": FakeSpawner("trainer", 3600, ["0"]),
-        "idler": FakeSpawner("idler", 3600, ["1"]),
-        "cpu-idler": FakeSpawner("cpu-idler", 3600, []),
-        "mute": FakeSpawner("mute", 3600, ["2"]),
+def test_api_url_is_kept_without_its_trailing_slash() -> None:
+    r = GPUReclaimer(config=Config({"GPUReclaimer": {"api_url": " http://hub:8081/hub/api/ "}}))
+    assert r.api_url == "http://hub:8081/hub/api"
+
+
+def test_reclaimer_service_role_holds_only_what_its_requests_need() -> None:
+    service, role = reclaim.reclaimer_service("s3cret")
+    assert service == {"name": "gpu-reclaimer", "api_token": "s3cret"}
+    assert role["services"] == ["gpu-reclaimer"]
+    # the scopes JupyterHub's handlers of the two requests demand, and nothing more
+    from jupyterhub.apihandlers.users import ActivityAPIHandler, UserServerAPIHandler
+
+    needed = {
+        _required_scope(ActivityAPIHandler.post),
+        _required_scope(UserServerAPIHandler.delete),
     }
-    for spawner in spawners.values():
-        r.track(spawner)
-    before = reclaim.metrics.GPU_IDLE_RECLAIMED._value.get()  # type: ignore[attr-defined]
+    assert set(role["scopes"]) == needed == set(reclaim.RECLAIMER_SCOPES)
 
-    assert await r.check_once() == ["idler"]
 
-    assert spawners["idler"].user.stopped == [""]
-    for name in ("trainer", "cpu-idler", "mute"):
-        assert spawners[name].user.stopped == []
-    trainer = spawners["trainer"]
-    assert (reclaim.utcnow() - trainer.orm_spawner.last_activity).total_seconds() < 60
-    assert trainer.user.orm_user.last_activity == trainer.orm_spawner.last_activity
-    assert reclaim.metrics.GPU_IDLE_RECLAIMED._value.get() == before + 1  # type: ignore[attr-defined]
-    assert r.last_decisions[("trainer", "")].reason == "a kernel is busy"
+def _required_scope(handler: Any) -> str:
+    """The one scope a JupyterHub API handler method is decorated with (``needs_scope``)."""
+    (scopes,) = [c.cell_contents for c in handler.__closure__ if type(c.cell_contents) is tuple]
+    (scope,) = scopes
+    return str(scope)
+
+
+# -- the loop, wired to the hub runtime -------------------------------------------------------
+
+
+class ReadyServer:
+    """A running CPU server as the registry holds it, without a URL to ask about kernels."""
+
+    ready = True
+    server = None
+    api_token = ""
+    _log_name = "ann"
+
+    def __init__(self) -> None:
+        self.gpu_ids: list[str] = []
+        self.orm_spawner = types.SimpleNamespace(last_activity=NOW)
+
+
+async def test_the_reclaimer_belongs_to_the_runtime_and_starts_with_its_first_server() -> None:
+    reset_runtime()
+    try:
+        assert reclaimer_for(Config()) is not reclaimer_for(Config())  # no runtime: detached
+        runtime = create_runtime(RuntimeSettings())
+        config = Config({"GPUReclaimer": {"gpu_idle_timeout": 60, "check_interval": 0.1}})
+        r = reclaimer_for(config)
+        assert reclaimer_for() is r and r.check_interval == 0.1
+        await asyncio.sleep(0.3)
+        assert r.last_decisions == {}, "checked before any server ran"
+
+        runtime.servers.track(("ann", ""), ReadyServer())
+        await asyncio.sleep(0.35)
+        assert r.last_decisions[("ann", "")].reason == "not a GPU server"
+        task = r._task
+        assert task is not None and not task.done()
+
+        reset_runtime()  # the hub's tasks end with its runtime
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        reset_runtime()
+
+
+# -- the loop on a real hub: it acts only through the REST API ------------------------------
+
+NAMED = "c.JupyterHub.allow_named_servers = True\n"
+
+
+def _hub_env(first_gpu: int, gpu_idle_timeout: int) -> dict[str, str]:
+    return {
+        "GPUWS_GPU_INVENTORY": gpus(2, first_gpu),
+        "GPUWS_GPU_IDLE_TIMEOUT": str(gpu_idle_timeout),
+        "GPUWS_IDLE_TIMEOUT": "3600",
+        "GPUWS_IDLE_CHECK_INTERVAL": "1",
+    }
+
+
+def _as_reclaimer(hub: Hub, method: str, path: str) -> list[str]:
+    """The hub's request log lines of ``method path`` made with gpu-reclaimer's token."""
+    needle = f" {method} /hub/api{path} (gpu-reclaimer@"
+    return [line for line in hub.log_path.read_text().splitlines() if needle in line]
+
+
+def _age(stamp: str) -> float:
+    """Seconds since a time the REST API shows (ISO 8601, UTC)."""
+    shown = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (datetime.now(UTC) - shown).total_seconds()
+
+
+@pytest.mark.docker
+def test_the_reclaimer_records_activity_and_stops_servers_as_the_gpu_reclaimer_service(
+    start_hub: Any, docker_client: docker.DockerClient
+) -> None:
+    hub = start_hub(env=_hub_env(80, 8), extra_config=NAMED)
+    hub.spawn("rc-busy", {"profile": "gpu-1"})
+    start_busy_kernel(hub, "rc-busy")
+    hub.spawn("rc-idle", {"profile": "gpu-1"}, server="train")
+    idle = hub.server_container(docker_client, "rc-idle", "train")
+
+    hub.wait_gone("rc-idle", "train", timeout=120)
+    # gone for the hub's REST API and for Docker
+    r = hub.api("GET", "/users/rc-idle")
+    assert r.status_code == 200 and r.json()["servers"] == {}, r.text
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(idle.id)
+    (stop,) = _as_reclaimer(hub, "DELETE", "/users/rc-idle/servers/train")
+    assert "] 202 DELETE" in stop or "] 204 DELETE" in stop, stop
+
+    # the busy server stays, its activity recorded by the service every round
+    assert hub.server_model("rc-busy")["ready"]
+    wait_for(lambda: len(_as_reclaimer(hub, "POST", "/users/rc-busy/activity")) >= 3, timeout=30)
+    user = hub.api("GET", "/users/rc-busy").json()
+    assert _age(user["servers"][""]["last_activity"]) < 5
+    assert _age(user["last_activity"]) < 5  # the user's too, as the idle culler reads it
+    posts = _as_reclaimer(hub, "POST", "/users/rc-busy/activity")
+    assert all("] 200 POST" in line for line in posts), posts
+
+    # the service's token holds only the scopes those two requests need
+    token = (hub.workdir / "state" / "reclaimer_api_token").read_text().strip()
+    me = hub.api("GET", "/user", token=token).json()
+    assert (me["kind"], me["name"]) == ("service", "gpu-reclaimer")
+    assert set(me["scopes"]) == expand_scopes(set(reclaim.RECLAIMER_SCOPES))
+    assert hub.api("GET", "/users", token=token).status_code == 403
+    assert hub.api("POST", "/users/rc-idle/server", token=token, json={}).status_code == 403
+    assert token not in hub.log_path.read_text(), "the token was logged"
+
+
+@pytest.mark.docker
+def test_refused_requests_are_logged_and_change_nothing(
+    start_hub: Any, docker_client: docker.DockerClient
+) -> None:
+    """With a token the hub does not know, nothing the reclaimer decides happens: it has no
+    other way to act than the REST API. The loop logs each refusal and goes on."""
+    hub = start_hub(env=_hub_env(82, 4), extra_config=f'c.GPUReclaimer.api_token = "{"0" * 64}"\n')
+    hub.spawn("rf-busy", {"profile": "gpu-1"})
+    start_busy_kernel(hub, "rf-busy")
+    hub.spawn("rf-idle", {"profile": "gpu-1"})
+
+    def refusals(what: str) -> list[str]:
+        return [
+            line
+            for line in hub.log_path.read_text().splitlines()
+            if f"GPU reclaimer: the hub refused to {what}: HTTP 403" in line
+        ]
+
+    wait_for(lambda: len(refusals("stop rf-idle")) >= 3, timeout=90)  # three rounds at least
+    assert len(refusals("record activity of rf-busy")) >= 3
+    for user in ("rf-busy", "rf-idle"):
+        assert hub.server_model(user)["ready"], f"{user} was stopped"
+        assert hub.server_container(docker_client, user).status == "running"
+    # last_activity never moved: it is as old as the rounds that tried to move it
+    assert _age(last_activity(hub, "rf-busy")) > 3
+    assert "GPU reclaimer: check failed" not in hub.log_path.read_text()

@@ -19,9 +19,9 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from spawner.backends.docker import GPUDockerSpawner
+from spawner.backends.errors import WorkspaceError
 from spawner.backends.swarm import GPUSwarmSpawner
 from spawner.core import hardening
-from spawner.core.errors import WorkspaceError
 from spawner.core.hardening import Allowed, host_path_problem, is_root_user
 
 BIND_ROOT = {"type": "none", "o": "bind", "device": "/"}
@@ -258,8 +258,9 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]
     """Spawners whose Docker calls are recorded instead of sent (a client to no engine)."""
     calls: list[tuple[str, dict[str, Any]]] = []
     client = docker.APIClient(base_url="unix:///nonexistent/docker.sock", version="1.44")
-    monkeypatch.setattr(GPUDockerSpawner, "_client", client)
-    monkeypatch.setattr(GPUSwarmSpawner, "_client", client)
+    # the engine that never answers, as the runtime's client of both backends
+    monkeypatch.setattr(GPUDockerSpawner, "client", property(lambda self: client))
+    monkeypatch.setattr(GPUSwarmSpawner, "client", property(lambda self: client))
 
     def record(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         calls.append((method, kwargs))

@@ -24,15 +24,18 @@ from harness import Hub, wait_for
 from swarm_harness import GPU_KIND, HOST_ADDRESS, MANAGER, OVERLAY, WORKER, Swarm
 from traitlets.config import Config
 
-from spawner.backends.swarm import (
-    GPUSwarmSpawner,
+from spawner.backends.swarm import GPUSwarmSpawner
+from spawner.core.builders import make_service_spec
+from spawner.core.swarm_view import (
     count_swarm_gpus,
+    current_task,
     reserved_gpus,
     resource_env_var,
+    swarm_view,
     task_address,
     unplaced_reason,
-    use_swarm,
 )
+from spawner.hub.config import use_swarm
 
 GPU_VAR = resource_env_var(GPU_KIND)
 
@@ -223,7 +226,10 @@ def test_volumes_become_volume_mounts_and_driver_options_are_templates():
     c.GPUSwarmSpawner.volume_driver = "local"
     c.GPUSwarmSpawner.volume_driver_options = {"type": "nfs", "device": ":/homes/{username}"}
     spawner = GPUSwarmSpawner(config=c, user=_stand_in())
-    assert [dict(m) for m in spawner.mounts] == [
+    spec = make_service_spec(spawner.plan, spawner.service_inputs(["jupyterhub-singleuser"]))
+    *mounts, shm = spec["task_template"]["ContainerSpec"]["Mounts"]
+    assert shm["Target"] == "/dev/shm"
+    assert mounts == [
         {
             "Target": "/home/jovyan",
             "Source": "gpuws-home-someone",
@@ -238,6 +244,69 @@ def test_volumes_become_volume_mounts_and_driver_options_are_templates():
         },
         {"Target": "/data", "Source": "/srv/datasets", "Type": "bind", "ReadOnly": True},
     ]
+
+
+def _ours(task: dict[str, Any], user: str, prefix: str = "gpuws", **extra: Any) -> dict[str, Any]:
+    labels = {
+        "io.gpu-workspaces.prefix": prefix,
+        "io.gpu-workspaces.user": user,
+        "io.gpu-workspaces.server": "",
+        "io.gpu-workspaces.profile": "gpu-1",
+    }
+    task["Spec"]["ContainerSpec"] = {"Labels": labels}
+    task.update({"ServiceID": f"svc-{user}", "CreatedAt": "2026-12-02T06:00:00.5Z", **extra})
+    return task
+
+
+@pytest.mark.parametrize(
+    ("tasks", "states", "holders", "queue"),
+    [
+        ([], ["free", "free", "free"], [], []),
+        (
+            [_ours(_task("n1", "running", ["GPU-a"]), "ann")],
+            ["held", "free", "free"],
+            ["ann"],
+            [],
+        ),
+        # another hub's task (another prefix) or one started by hand: external
+        (
+            [_ours(_task("n1", "running", ["GPU-b"]), "eve", prefix="other")],
+            ["free", "external", "free"],
+            [],
+            [],
+        ),
+        # ended tasks hold nothing; unplaced GPU tasks of this hub are the queue
+        (
+            [
+                _ours(_task("n1", "shutdown", ["GPU-a"]), "old"),
+                _ours(_task("", "pending", [], reserve=2), "bob"),
+            ],
+            ["free", "free", "free"],
+            [],
+            [("bob", 2, 1)],
+        ),
+    ],
+)
+def test_the_swarm_view_shows_each_nodes_gpus_and_the_queue(tasks, states, holders, queue):
+    nodes = [_node("n1", "gpu-a", ["GPU-a", "GPU-b"]), _node("n2", "gpu-b", ["GPU-c"])]
+    nodes.append(_node("n3", "drained", ["GPU-d"], avail="drain"))  # not schedulable: not shown
+    view = swarm_view(nodes, tasks, GPU_KIND, "gpuws")
+    assert [g.state for g in view.gpus] == states
+    assert [g.gpu.id for g in view.gpus] == ["GPU-a", "GPU-b", "GPU-c"]
+    assert [g.holding.user for g in view.gpus if g.holding] == holders
+    assert [(w.user, w.count, w.position) for w in view.queue] == queue
+    held = [g.holding for g in view.gpus if g.holding]
+    assert all(h.since > 1_700_000_000 and h.profile == "gpu-1" for h in held)
+
+
+def test_the_current_task_of_a_service_is_the_wanted_one_else_the_newest():
+    old = {"ServiceID": "s", "DesiredState": "shutdown", "CreatedAt": "2026-01-01T00:00:00Z"}
+    new = {"ServiceID": "s", "DesiredState": "shutdown", "CreatedAt": "2026-01-02T00:00:00Z"}
+    wanted = {"ServiceID": "s", "DesiredState": "running", "CreatedAt": "2025-01-01T00:00:00Z"}
+    other = {"ServiceID": "x", "DesiredState": "running", "CreatedAt": "2027-01-01T00:00:00Z"}
+    assert current_task([old, new, other], "s") is new
+    assert current_task([old, wanted, new], "s") is wanted
+    assert current_task([other], "s") is None
 
 
 def _service_of(user: str, gpus: int) -> dict[str, Any]:
@@ -263,7 +332,7 @@ def _service_of(user: str, gpus: int) -> dict[str, Any]:
 async def test_quota_reads_what_users_and_groups_hold_on_the_swarm(held, requested, message):
     from types import SimpleNamespace
 
-    from spawner.core.errors import WorkspaceError
+    from spawner.backends.errors import WorkspaceError
 
     c = Config()
     c.GPUSwarmSpawner.gpu_quota_per_user = 3
@@ -345,7 +414,7 @@ def swarm_hub(
         workdir.mkdir()
         image = notebook_images["cpu"]  # the fake GPUs need no CUDA image
         config = f"""
-from spawner.backends.swarm import use_swarm
+from spawner.hub.config import use_swarm
 use_swarm(c, network={OVERLAY!r})
 c.JupyterHub.hub_ip = {HOST_ADDRESS!r}
 c.JupyterHub.hub_connect_ip = {HOST_ADDRESS!r}
@@ -607,3 +676,12 @@ def test_server_survives_a_hub_restart(swarm_hub, test_swarm):
     )
     assert r.status_code == 200, r.text
     assert _gpus_of(test_swarm, hub, "judy") == before
+
+
+def test_the_default_shm_size_reaches_the_service_as_bytes():
+    """Docker's API takes SizeBytes as an integer; the default ("1g") is not validated by
+    traitlets, so the plan parses it."""
+    spawner = GPUSwarmSpawner(config=Config(), user=_stand_in())
+    spec = make_service_spec(spawner.plan, spawner.service_inputs(["jupyterhub-singleuser"]))
+    shm = spec["task_template"]["ContainerSpec"]["Mounts"][-1]
+    assert shm["TmpfsOptions"]["SizeBytes"] == 1024**3

@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import docker
+import requests
+from docker.utils import kwargs_from_env
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
 from traitlets.config import LoggingConfigurable
 
+from spawner.backends.errors import WorkspaceError, engine_unreachable, start_failure
 from spawner.core import egress, form, hardening
 from spawner.core.devices import (
     DEFAULT_CAPABILITIES,
@@ -33,26 +38,28 @@ from spawner.core.devices import (
     parse_capabilities,
     validate_device_id,
 )
-from spawner.core.errors import WorkspaceError
 from spawner.core.hardening import is_root_user
+from spawner.core.plan import (
+    ONE_GPU_REQUEST,
+    SpawnPlan,
+    SpawnSettings,
+    gpu_requests_chosen,
+    image_for,
+    resolve_plan,
+)
+from spawner.core.pool import Quota
 from spawner.core.profiles import (
     Profile,
     ProfileError,
     UserOptionsError,
+    asks_for_gpus,
     default_profile,
     parse_profiles,
     resolve_user_options,
     visible_profiles,
 )
-from spawner.core.sizes import SizeError, derive_shm_size, parse_size
-
-LABEL_PREFIX = "io.gpu-workspaces"
-LABEL_GPUS = f"{LABEL_PREFIX}.gpus"
-LABEL_USER = f"{LABEL_PREFIX}.user"
-LABEL_SERVER = f"{LABEL_PREFIX}.server"
-LABEL_PROFILE = f"{LABEL_PREFIX}.profile"
-LABEL_PREFIX_NAME = f"{LABEL_PREFIX}.prefix"
-LABEL_HUB_INSTANCE = f"{LABEL_PREFIX}.hub-instance"
+from spawner.core.sizes import GiB, SizeError, parse_size
+from spawner.runtime.runtime import GPUSource, HubRuntime, RuntimeSettings, create_runtime
 
 
 async def _accepts_connections(host: str, port: int) -> bool:
@@ -95,6 +102,11 @@ class WorkspaceMixin(LoggingConfigurable):
         http_timeout: int
         volumes: dict[str, Any]
         read_only_volumes: dict[str, Any]
+        mem_limit: Any
+        cpu_limit: float | None
+        user_options: dict[str, Any]
+        object_name: str
+        _log_name: str
 
     # -- GPUs requested directly (no profiles) --------------------------------------------
 
@@ -318,16 +330,61 @@ class WorkspaceMixin(LoggingConfigurable):
         which serialises concurrent spawns.""",
     )
 
-    _pool_executor: ClassVar[ThreadPoolExecutor | None] = None
+    @property
+    def runtime(self) -> HubRuntime:
+        """The hub process's runtime (made from the hub's config at start-up, else from the
+        first spawner's settings): executor, start slots, pools, observers, running servers."""
+        return create_runtime(
+            RuntimeSettings(
+                docker_threads=self.docker_threads, start_concurrency=self.start_concurrency
+            )
+        )
 
     @property
     def executor(self) -> ThreadPoolExecutor:
-        cls = WorkspaceMixin
-        if cls._pool_executor is None:
-            cls._pool_executor = ThreadPoolExecutor(
-                self.docker_threads, thread_name_prefix="gpuws-docker"
-            )
-        return cls._pool_executor
+        return self.runtime.executor
+
+    def client_kwargs_resolved(self) -> dict[str, Any]:
+        """The Docker client's arguments as DockerSpawner makes them (TLS, DOCKER_HOST, the
+        admin's client_kwargs)."""
+        kwargs: dict[str, Any] = {"version": "auto"}
+        tls_config = getattr(self, "tls_config", None)
+        if tls_config:
+            kwargs["tls"] = docker.tls.TLSConfig(**tls_config)
+        kwargs.update(kwargs_from_env())
+        kwargs.update(getattr(self, "client_kwargs", None) or {})
+        return kwargs
+
+    @property
+    def client(self) -> Any:
+        """The hub's Docker client of this engine, owned by the runtime (DockerSpawner keeps
+        one per class, which no reset could stop)."""
+        kwargs = self.client_kwargs_resolved()
+        return self.runtime.client(repr(sorted(kwargs.items())), lambda: docker.APIClient(**kwargs))
+
+    def docker_root_dir(self) -> str | None:
+        """The data root of the engine, which holds every user's volumes; read once.
+
+        None while the engine does not answer (the hub still starts; the next spawn reads it).
+        """
+        try:
+            client = self.client
+            key = str(client.base_url)
+            roots = self.runtime.docker_roots
+            if key not in roots:
+                root = str(client.info().get("DockerRootDir") or "")
+                roots[key] = root or hardening.DEFAULT_DOCKER_ROOT
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return None
+        return roots[key]
+
+    def known_docker_root(self) -> str:
+        """The data root already read for this engine, else Docker's usual one (no call to
+        the engine: spawners are built for every user, also while Docker is down)."""
+        kwargs = self.client_kwargs_resolved()
+        client = self.runtime.clients.get(repr(sorted(kwargs.items())))
+        known = self.runtime.docker_roots.get(str(client.base_url)) if client else None
+        return known or hardening.DEFAULT_DOCKER_ROOT
 
     start_concurrency = Int(
         None,
@@ -383,44 +440,17 @@ class WorkspaceMixin(LoggingConfigurable):
             self.log.warning("spawn of %s refused: %s", self.user.name, problem)
             raise WorkspaceError(problem, reason="network isolation", status_code=503)
 
-    # the hub's start slots: (event loop, limit) -> semaphore, and how many hold or wait
-    _start_slots: ClassVar[dict[tuple[int, int], asyncio.Semaphore]] = {}
-    _starting: ClassVar[int] = 0
-
-    @contextlib.asynccontextmanager
-    async def start_slot(self) -> AsyncIterator[None]:
-        """Hold one of the hub's ``start_concurrency`` slots while the server starts."""
-        limit = self.start_concurrency
-        if limit is None:
-            limit = os.cpu_count() or 1
-        if not limit:
-            yield
-            return
-        cls = WorkspaceMixin
-        key = (id(asyncio.get_running_loop()), limit)
-        slots = cls._start_slots.setdefault(key, asyncio.Semaphore(limit))
-        if slots.locked():
-            waiting = max(cls._starting - limit, 0)
-            self._report(
-                f"Waiting to start: {limit} servers are starting now, {waiting} more before yours"
-            )
-        cls._starting += 1
-        try:
-            async with slots:
-                yield
-        finally:
-            cls._starting -= 1
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._profile: Profile | None = None
+        self._plan: SpawnPlan | None = None
         self._progress_events: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
         self._check_gpu_options()
         self._check_process_limits()
-        self._configured = {
-            name: getattr(self, name) for name in ("image", "mem_limit", "cpu_limit", "shm_size")
-        }
+        # DockerSpawner reads the image from its trait (pull, command, environment), so a
+        # profile's image is set there; the configured one is kept for the next spawn.
+        self._configured_image = str(self.image)
 
     def _opt(self, name: str) -> str:
         return f"{self.__class__.__name__}.{name}"
@@ -446,20 +476,9 @@ class WorkspaceMixin(LoggingConfigurable):
         return problems
 
     def _check_gpu_options(self) -> None:
-        chosen = [
-            name
-            for name, on in (
-                ("gpu_count", self.gpu_count > 0),
-                ("gpu_device_ids", bool(self.gpu_device_ids)),
-                ("all_gpus", self.all_gpus),
-            )
-            if on
-        ]
+        chosen = gpu_requests_chosen(self.gpu_count, self.gpu_device_ids, self.all_gpus)
         if len(chosen) > 1:
-            raise TraitError(
-                f"{' and '.join(self._opt(n) for n in chosen)} are both set; "
-                "ask for a number of GPUs, explicit device ids, or all GPUs — only one"
-            )
+            raise TraitError(f"{' and '.join(self._opt(n) for n in chosen)} {ONE_GPU_REQUEST}")
 
     def _check_process_limits(self) -> None:
         if self.nproc_limit and self.pids_limit and self.nproc_limit < self.pids_limit:
@@ -477,7 +496,7 @@ class WorkspaceMixin(LoggingConfigurable):
         images are those of the profiles, ``image``, ``gpu_image``, and DockerSpawner's
         ``allowed_images`` if the admin set it.
         """
-        images = {self._configured["image"], self.gpu_image}
+        images: set[Any] = {self._configured_image, self.gpu_image}
         images |= {p.get("image") for p in self.profiles if isinstance(p, dict)}
         getter = getattr(self, "_get_allowed_images", None)
         extra = getter() if callable(getter) else None
@@ -512,20 +531,205 @@ class WorkspaceMixin(LoggingConfigurable):
         super().clear_state()  # type: ignore[misc]
         self.profile_slug = ""
         self._profile = None
+        self._plan = None
+
+    # -- the plan: everything one spawn resolves, once ------------------------------------
+
+    def spawn_settings(self) -> SpawnSettings:
+        """The configured values, as the pure plan reads them."""
+        return SpawnSettings(
+            image=self._configured_image,
+            gpu_image=self.gpu_image,
+            gpu_count=self.gpu_count,
+            gpu_device_ids=tuple(self.gpu_device_ids),
+            all_gpus=self.all_gpus,
+            mem_limit=_bytes(self.mem_limit, self._opt("mem_limit")),
+            cpu_limit=self.cpu_limit or None,
+            mem_guarantee=_bytes(getattr(self, "mem_guarantee", None), self._opt("mem_guarantee")),
+            cpu_guarantee=getattr(self, "cpu_guarantee", None) or None,
+            shm_size=_bytes(self.shm_size, self._opt("shm_size")),
+            # a default trait value is not validated: "1g" as written
+            default_shm_size=_bytes(self.default_shm_size, self._opt("default_shm_size")) or GiB,
+            pids_limit=self.pids_limit,
+            nofile_limit=self.nofile_limit,
+            nproc_limit=self.nproc_limit,
+            cap_add=tuple(self.cap_add),
+            capabilities=tuple(self.gpu_capabilities),
+            mechanism=str(getattr(self, "gpu_mechanism", "device-requests")),
+            container_user=self.container_user,
+            node_constraints=tuple(getattr(self, "node_constraints", ()) or ()),
+            prefix=self.prefix,
+            hub_instance=str(getattr(self, "hub_instance", "") or ""),
+        )
+
+    def host_pid_max(self) -> int | None:
+        """The kernel.pid_max of the host the server runs on (None: not known here)."""
+        return None
+
+    @property
+    def plan(self) -> SpawnPlan:
+        """This spawn's plan: the configured values with the user's profile applied (pure:
+        :func:`spawner.core.plan.resolve_plan`), with the GPUs it was given."""
+        if self._plan is None:
+            self._plan = resolve_plan(
+                self.spawn_settings(),
+                self._profile,
+                user=self.user.name,
+                server=self.name or "",
+                host_pid_max=self.host_pid_max(),
+            )
+        gpu_ids = tuple(getattr(self, "gpu_ids", ()) or ())
+        if self._plan.gpu_ids != gpu_ids:
+            self._plan = self._plan.with_gpu_ids(gpu_ids)
+        if self.image and self._plan.image != self.image:
+            # DockerSpawner's own way to pick an image (a pre-spawn hook sets the trait); the
+            # allow-list checks it like any other
+            self._plan = dataclasses.replace(self._plan, image=str(self.image))
+        return self._plan
 
     def wants_gpus(self) -> bool:
-        return bool(self.gpu_count or self.gpu_device_ids or self.all_gpus)
+        return self.plan.wants_gpus
 
     def get_env(self) -> dict[str, str]:
+        """JupyterHub's environment with this spawn's limits (a profile's, where it sets
+        them); the builders add the GPU variables."""
         env: dict[str, str] = super().get_env()  # type: ignore[misc]
-        if not self.wants_gpus():
-            # CUDA base images set NVIDIA_VISIBLE_DEVICES=all; on a host whose default
-            # runtime is nvidia that would hand a CPU workspace every GPU behind the
-            # allocator's back. "void" makes the NVIDIA runtime leave the container alone.
-            env["NVIDIA_VISIBLE_DEVICES"] = "void"
+        plan = self.plan
+        for name, value in (("MEM_LIMIT", plan.mem_limit), ("CPU_LIMIT", plan.cpu_limit)):
+            if value:
+                env[name] = str(float(value) if name == "CPU_LIMIT" else value)
+            else:
+                env.pop(name, None)
         return env
 
+    # -- one lifecycle for both backends --------------------------------------------------
+    #
+    # start / poll / stop are written once here, as DockerSpawner's start() is a template over
+    # its object hooks; a backend supplies only the hooks below (claim, release, observe, the
+    # clean-up of a failed start) and dockerspawner's create_object / start_object.
+
+    #: What the engine is called in sentences ("Docker engine", "Swarm manager").
+    engine_words: ClassVar[str] = "Docker engine"
+    #: Whether starts take one of the hub's start slots (CPU-bound on the hub's own host).
+    uses_start_slots: ClassVar[bool] = True
+
+    @property
+    def server_key(self) -> tuple[str, str]:
+        return (self.user.name, self.name or "")
+
+    async def start(self) -> tuple[str, int]:
+        self._progress_events = []
+        self._plan = None  # this spawn's plan, from the settings as they are now
+        if self._profile is None and self.profiles:
+            # JupyterHub < 5.3 has no apply_user_options hook
+            await self._apply_profile(self.user_options or {})
+        self.check_image_allowed()
+        self.check_network_guard()
+        try:
+            await self.claim_resources()
+            async with self._maybe_start_slot():
+                ip_port: tuple[str, int] = await super().start()  # type: ignore[misc]
+                await self.resources_started()
+                self._report("Starting the notebook server", progress=70)
+                if self.wait_until_ready:
+                    await self._wait_until_answering(*ip_port)
+            self._report("Server is up", progress=95)
+            self.runtime.servers.track(self.server_key, self)  # idle reclaim from now on
+            return ip_port
+        except Exception as e:
+            await self.discard_failed_start()
+            explained = start_failure(e, engine=self.engine_words)
+            if explained is None:
+                raise
+            raise explained from None
+        except BaseException:
+            # Cancelled (a stop while pending): end now, within JupyterHub's wait; the
+            # clean-up runs on in the background, held by the runtime.
+            self.runtime.spawn(self.cancelled_start_cleanup())
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _maybe_start_slot(self) -> AsyncIterator[None]:
+        if not self.uses_start_slots:
+            yield
+            return
+        async with self.runtime.start_slot(self._report):
+            yield
+
+    async def poll(self) -> int | str | None:
+        try:
+            status = await self.observed_status()
+        except Exception as e:
+            if not engine_unreachable(e):
+                raise
+            # Cannot tell: keep the server (and its GPUs) until the engine answers again.
+            # Reporting it stopped would throw away a server that is most likely still up,
+            # e.g. when the hub starts before dockerd.
+            self.log.warning(
+                "%s not answering; keeping %s as running: %s", self.engine_words, self._log_name, e
+            )
+            return None
+        if status is None:
+            await self.readopt_resources()
+            self.runtime.servers.track(self.server_key, self)  # e.g. after a hub restart
+        else:
+            self.runtime.servers.untrack(self.server_key, self)
+            self.release_resources()
+        return status
+
+    async def stop(self, now: bool = False) -> None:
+        self.runtime.servers.untrack(self.server_key, self)
+        try:
+            await super().stop(now=now)  # type: ignore[misc]
+        except Exception as e:
+            if not engine_unreachable(e):
+                raise
+            # JupyterHub forgets the server and revokes its token whatever happens here; the
+            # object is removed by the next start of this server (same name). Its GPUs stay
+            # busy in the engine's view until then, so they are never handed out twice.
+            self.log.error(
+                "%s not answering while stopping %s; %s is left for the next start of this "
+                "server to remove: %s",
+                self.engine_words,
+                self._log_name,
+                self.object_name,
+                e,
+            )
+            self.clear_state()
+        finally:
+            self.release_resources()
+
     # -- hooks a concrete spawner implements ---------------------------------------------
+
+    async def claim_resources(self) -> None:
+        """Before the object is created: check and claim what the server needs (GPUs)."""
+
+    async def resources_started(self) -> None:
+        """The object started: what was claimed now belongs to a running server."""
+
+    async def observed_status(self) -> int | str | None:
+        """None while the server runs, else why not (DockerSpawner's poll answer)."""
+        status: int | str | None = await super().poll()  # type: ignore[misc]
+        return status
+
+    async def readopt_resources(self) -> None:
+        """A running server seen (after a hub restart): take back what it holds."""
+
+    def release_resources(self) -> None:
+        """The server stopped: free what it held."""
+
+    async def discard_failed_start(self) -> None:
+        """A start failed: remove what it made, then free what it claimed."""
+
+    def cancelled_start_cleanup(self) -> Coroutine[Any, Any, None]:
+        """A start was cancelled: the clean-up to run in the background (what it must keep
+        is taken now, before JupyterHub's stop runs)."""
+        return self.discard_failed_start()
+
+    async def prepare_gpu_source(self) -> GPUSource | None:
+        """At hub start: make what the dashboard and metrics read (and start following the
+        engine); None when this hub has no GPUs to show."""
+        return None
 
     async def total_gpus(self) -> int | None:
         """GPUs this hub can hand out, or None when it cannot tell."""
@@ -538,6 +742,12 @@ class WorkspaceMixin(LoggingConfigurable):
     async def check_gpu_quota(self, count: int) -> None:
         """Raise WorkspaceError (403) if ``count`` more GPUs would exceed a quota."""
 
+    def gpu_quota(self) -> Quota:
+        """The GPU limits of this user: their own (or their groups' per-user one) and the
+        totals of their groups; the one quota rule, :func:`spawner.core.pool.enforce_quota`."""
+        limit, source = self.user_gpu_limit()
+        return Quota(limit, source, dict(self.gpu_quota_per_group))
+
     # -- profiles and user options -------------------------------------------------------
 
     def _user_groups(self) -> list[str]:
@@ -545,7 +755,7 @@ class WorkspaceMixin(LoggingConfigurable):
 
     async def _parsed_profiles(self) -> tuple[Profile, ...]:
         total: int | None = None
-        if any(int(p.get("gpus", 0) or 0) > 0 for p in self.profiles if isinstance(p, dict)):
+        if asks_for_gpus(self.profiles):
             # None when the GPUs cannot be seen: GPU profiles are refused at spawn instead
             total = await self.total_gpus()
         try:
@@ -617,16 +827,8 @@ class WorkspaceMixin(LoggingConfigurable):
             raise WorkspaceError(str(e), reason="user_options") from None
         self._profile = profile
         self.profile_slug = profile.slug
-        # Start from the configured values each time, so a profile's override never leaks
-        # into the next spawn of this server with another profile.
-        base = self._configured
-        self.gpu_count = profile.gpus
-        self.gpu_device_ids = []
-        self.all_gpus = False
-        self.image = profile.image or (self.gpu_image if profile.gpus else "") or base["image"]
-        self.mem_limit = profile.mem_limit if profile.mem_limit is not None else base["mem_limit"]
-        self.cpu_limit = profile.cpu_limit if profile.cpu_limit is not None else base["cpu_limit"]
-        self.shm_size = profile.shm_size if profile.shm_size is not None else base["shm_size"]
+        self._plan = None  # resolved at start from the configured values and this profile
+        self.image = image_for(self.spawn_settings(), profile)
         if profile.gpus:
             # Refuse over-quota requests before anything waits or is created.
             await self.check_gpu_quota(profile.gpus)
@@ -641,35 +843,6 @@ class WorkspaceMixin(LoggingConfigurable):
         return self.gpu_quota_per_user, "each user"
 
     # -- sizes, labels, progress, readiness ------------------------------------------
-
-    def effective_shm_size(self) -> int:
-        mem_limit = self.mem_limit
-        if isinstance(mem_limit, str):
-            mem_limit = parse_size(mem_limit, option=self._opt("mem_limit"))
-        return derive_shm_size(
-            explicit=self.shm_size, mem_limit=mem_limit or None, default=self.default_shm_size
-        )
-
-    def workspace_labels(
-        self, gpu_ids: list[str], *, template_escape: bool = True
-    ) -> dict[str, str]:
-        """Labels that identify the server and record its GPUs and profile on the object.
-
-        ``template_escape=False`` gives the literal values, for labels that go to the engine
-        without passing through DockerSpawner's templating (Swarm services).
-        """
-        labels = {
-            LABEL_USER: self.user.name,
-            LABEL_SERVER: self.name or "",
-            LABEL_PROFILE: self.profile_slug,
-            LABEL_GPUS: ",".join(gpu_ids),
-            LABEL_PREFIX_NAME: self.prefix,
-        }
-        if not template_escape:
-            return labels
-        # DockerSpawner formats every string of extra_create_kwargs as a template; doubled
-        # braces come out as the literal user and server names.
-        return {k: v.replace("{", "{{").replace("}", "}}") for k, v in labels.items()}
 
     def _report(self, message: str, progress: int | None = None) -> None:
         event: dict[str, Any] = {"message": message}
@@ -715,7 +888,7 @@ class WorkspaceMixin(LoggingConfigurable):
                 listening = False
             if time.monotonic() > next_state_check:
                 next_state_check = time.monotonic() + 1.0
-                status = await super().poll()  # type: ignore[misc]
+                status = await self.observed_status()
                 if status is not None:
                     raise WorkspaceError(
                         f"The notebook server exited before it answered ({status}). "
@@ -730,3 +903,12 @@ class WorkspaceMixin(LoggingConfigurable):
             reason="timeout",
             status_code=504,
         )
+
+
+def _bytes(value: Any, option: str) -> int | None:
+    """A size trait (JupyterHub's ByteSpecification gives int bytes; a str is parsed)."""
+    if value in (None, "", 0):
+        return None
+    if isinstance(value, str):
+        return parse_size(value, option=option)
+    return int(value)

@@ -1,8 +1,9 @@
 """GPUDockerSpawner: DockerSpawner with exclusive GPUs, profiles, shm sizing and safe defaults.
 
-This is the only module of the package that talks to Docker. Everything it decides comes from
-the pure modules (``devices``, ``sizes``, ``profiles``, ``allocator`` via ``pool``); the
-Docker-facing settings are built in one place, :meth:`GPUDockerSpawner.workspace_host_config`.
+The lifecycle (start, poll, stop) is :class:`~spawner.backends.base.WorkspaceMixin`'s; this
+module supplies its hooks for one Docker engine: claiming GPUs from the pool (which reads the
+runtime's engine observer), the container built by the pure builders from the spawn's plan
+(:func:`spawner.core.builders.make_create_kwargs`), and the clean-up of a failed start.
 
 State kept in the hub database (``get_state``), in addition to DockerSpawner's and
 :class:`~spawner.backends.base.WorkspaceMixin`'s ``profile``:
@@ -16,104 +17,38 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import copy
-from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+import dataclasses
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import docker
-import requests
 from dockerspawner import DockerSpawner
 from traitlets import Bool, Enum, Int, List, TraitError, Unicode, Union, default, validate
 
-from spawner.backends.base import (
-    LABEL_HUB_INSTANCE,
-    LABEL_PREFIX_NAME,
-    GPUAvailability,
-    WorkspaceMixin,
-)
+from spawner.backends.base import GPUAvailability, WorkspaceMixin
+from spawner.backends.errors import WorkspaceError, docker_trouble, start_failure
 from spawner.core import hardening
 from spawner.core.allocator import AllocationError, QuotaExceeded
+from spawner.core.builders import BuildError, ContainerInputs, make_create_kwargs
 from spawner.core.devices import (
     GPU_MECHANISMS,
     NVIDIA_RUNTIME,
     ClaimedGPUs,
-    build_device_request,
     claimed_gpus,
-    mechanism_host_config,
 )
-from spawner.core.errors import WorkspaceError
-from spawner.core.inventory import Inventory, InventoryError, discover_nvml, parse_static_inventory
+from spawner.core.inventory import Inventory, InventoryError, parse_static_inventory
+from spawner.core.labels import LABEL_PREFIX_NAME
 from spawner.core.names import escape_name
-from spawner.core.pool import GPUPool, Observation, QueueLimitReached, Quota
-from spawner.hub.reclaim import reclaimer
-from spawner.runtime.metrics import count_allocation, register_pools, timed_gpu_wait
+from spawner.core.pool import GPUPool, Observation, QueueLimitReached
+from spawner.runtime.gpus import resolve_inventory, uses_nvml
+from spawner.runtime.metrics import count_allocation, timed_gpu_wait
+from spawner.runtime.observer import ContainerRecord, EngineObserver, created_ns
 
-_INVENTORIES: dict[str, Inventory] = {}
-_POOLS: dict[tuple[str, tuple[str, ...]], GPUPool] = {}
-# What each container on an engine holds, by container id (inspected once), per pool key.
-_CLAIM_CACHES: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
 # How often a spawn tries other GPUs after another hub's container got its GPUs first.
 GPU_RACE_ATTEMPTS = 3
-# Clean-ups of cancelled spawns still running (a reference, so none is collected early).
-_CLEANUPS: set[asyncio.Future[None]] = set()
-# Each engine's data root (`docker info`'s DockerRootDir), by API address, read once.
-_DOCKER_ROOTS: dict[str, str] = {}
-register_pools(_POOLS.values)  # the pool gauges on /hub/metrics
-
-
-def engine_unreachable(error: BaseException) -> bool:
-    """Whether ``error`` means the Docker engine did not answer (down, restarting, hung)."""
-    if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-        return True
-    return isinstance(error, docker.errors.DockerException) and not isinstance(
-        error, docker.errors.APIError
-    )
-
-
-def _engine_down_error() -> WorkspaceError:
-    return WorkspaceError(
-        "The Docker engine of this hub is not answering, so no server can start right now. "
-        "Running servers are kept; try again in a minute or tell an admin.",
-        reason="docker-unreachable",
-        status_code=503,
-    )
-
-
-def _explain_docker_error(error: BaseException) -> WorkspaceError | None:
-    """A message for the user when Docker fails in a way they should hear about."""
-    if engine_unreachable(error):
-        return _engine_down_error()
-    if isinstance(error, docker.errors.APIError) and "error setting rlimit" in str(error):
-        return WorkspaceError(
-            "Docker refused this hub's process or open-file limit (GPUDockerSpawner."
-            "nproc_limit / nofile_limit is above dockerd's own limit); tell an admin.",
-            reason="config",
-            status_code=500,
-        )
-    return None
-
-
-def docker_trouble(error: BaseException, *, cannot: str, asked: str = "") -> WorkspaceError | None:
-    """The 503 a page answers when Docker does not answer, or answers with an API error:
-    ``cannot`` says what the page cannot do then, ``asked`` what Docker was asked for. None
-    for any other error, which is raised as it is (a bug still shows as one)."""
-    if engine_unreachable(error):
-        return WorkspaceError(
-            f"The Docker engine of this hub is not answering, so {cannot} right now. Running "
-            "servers are kept; try again in a minute or tell an admin.",
-            reason="docker-unreachable",
-            status_code=503,
-        )
-    if isinstance(error, docker.errors.APIError):
-        detail = str(error.explanation or error)[:200]
-        return WorkspaceError(
-            f"The Docker engine of this hub answered{' ' + asked if asked else ''} with an "
-            f"error ({detail}), so {cannot} right now; try again in a minute or tell an admin.",
-            reason="docker-error",
-            status_code=503,
-        )
-    return None
+# How long a reader waits for the engine observer to catch up before asking Docker itself.
+OBSERVER_WAIT = 5.0
 
 
 def _form_refusal(error: BaseException) -> WorkspaceError | None:
@@ -121,55 +56,25 @@ def _form_refusal(error: BaseException) -> WorkspaceError | None:
     return docker_trouble(error, cannot="no server can start and the free GPUs cannot be counted")
 
 
-def docker_root_dir(spawner: Any) -> str | None:
-    """The data root of a spawner's engine, which holds every user's volumes; read once.
+def running_claims(records: Iterable[ContainerRecord], inventory: Inventory) -> Observation:
+    """GPU ids held by every live container the observer sees, ours or started by hand."""
+    busy: set[str] = set()
+    names: set[str] = set()
+    for record in records:
+        if record.live:
+            names.add(record.name)
+            if record.claim is not None:
+                busy |= inventory.resolve_claim(record.claim)
+    return Observation(frozenset(busy), frozenset(names))
 
-    None while the engine does not answer (the hub still starts; the next spawn reads it).
-    """
-    try:
-        client = spawner.client
-        key = str(client.base_url)
-        if key not in _DOCKER_ROOTS:
-            root = str(client.info().get("DockerRootDir") or "")
-            _DOCKER_ROOTS[key] = root or hardening.DEFAULT_DOCKER_ROOT
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
+
+def poll_answer(record: ContainerRecord | None) -> int | str | None:
+    """DockerSpawner's poll answer from an observed container: None while it runs."""
+    if record is None:
+        return 0
+    if record.running:
         return None
-    return _DOCKER_ROOTS[key]
-
-
-def known_docker_root(spawner_class: type) -> str:
-    """The data root already read for this class's engine, else Docker's usual one (no call
-    to the engine: spawners are built for every user, also while Docker is down)."""
-    client = getattr(spawner_class, "_client", None)
-    known = _DOCKER_ROOTS.get(str(client.base_url)) if client is not None else None
-    return known or hardening.DEFAULT_DOCKER_ROOT
-
-
-def _host_pid_max() -> int | None:
-    try:
-        with open("/proc/sys/kernel/pid_max") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _created_ns(created: str) -> int:
-    """``docker inspect``'s ``Created`` (RFC 3339, up to 9 fraction digits) in nanoseconds."""
-    stamp, _, rest = created.partition(".")
-    fraction = "".join(ch for ch in rest if ch.isdigit())[:9].ljust(9, "0")
-    seconds = datetime.fromisoformat(stamp.rstrip("Z") + "+00:00").timestamp()
-    return int(seconds) * 1_000_000_000 + int(fraction or 0)
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` wins; nested dicts are merged rather than replaced."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return f"ExitCode={record.exit_code}, Error='{record.error}', FinishedAt={record.finished_at}"
 
 
 # DockerSpawner is Any to mypy (dockerspawner ships no types), hence the ignore[misc]
@@ -199,7 +104,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
     @validate("gpu_inventory")
     def _validate_inventory(self, proposal: dict[str, Any]) -> Any:
         value = proposal["value"]
-        if value not in ([], ""):
+        if not uses_nvml(value):
             try:
                 parse_static_inventory(value, option=self._opt("gpu_inventory"))
             except InventoryError as e:
@@ -265,7 +170,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
 
     @default("escape")
     def _default_escape(self) -> Any:
-        # DockerSpawner's "safe" escaping, bounded to 63 characters (spawner/names.py).
+        # DockerSpawner's "safe" escaping, bounded to 63 characters (spawner/core/names.py).
         return escape_name
 
     def template_namespace(self) -> dict[str, Any]:
@@ -299,18 +204,18 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         self.oauth_client_id = client_id
 
     def refusal_rules(self) -> hardening.Allowed:
-        """What the allow-list lets this hub's containers name (spawner/hardening.py)."""
+        """What the allow-list lets this hub's containers name (spawner/core/hardening.py)."""
         runtimes = hardening.DEFAULT_RUNTIMES
         if self.gpu_mechanism == "nvidia-runtime":
             runtimes |= {NVIDIA_RUNTIME}
         return hardening.Allowed(
             images=self.allowed_workspace_images(),
             runtimes=runtimes,
-            docker_root=known_docker_root(type(self)),
+            docker_root=self.known_docker_root(),
         )
 
     def check_refused_settings(self, *, read_engine: bool = False) -> None:
-        """Refuse admin settings that hand notebooks the host (see spawner/hardening.py).
+        """Refuse admin settings that hand notebooks the host (see spawner/core/hardening.py).
 
         Runs when the spawner is built (so the hub refuses to start, naming the option) over
         every setting that is not a callable; ``read_engine`` first asks the engine for its
@@ -320,7 +225,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         if self.allow_host_access:
             return
         if read_engine:
-            docker_root_dir(self)
+            self.docker_root_dir()
         allowed = self.refusal_rules()
         opt = self._opt
         problems = self.shared_setting_problems(allowed)
@@ -345,8 +250,6 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             )
         return problems
 
-    # (prefix, docker_threads and the executor are shared with the Swarm spawner: workspace.py)
-
     # -- life cycle state ------------------------------------------------------------------
 
     gpu_ids = List(Unicode(), help="GPUs this server holds (state, not config).")
@@ -370,33 +273,65 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
     async def gpu_inventory_resolved(self) -> Inventory:
         """The inventory, discovered once per hub process (NVML) or parsed from config."""
         key = repr(self.gpu_inventory)
-        if key not in _INVENTORIES:
-            if self.gpu_inventory in ([], ""):
-                loop = asyncio.get_running_loop()
-                inventory = await loop.run_in_executor(self.executor, discover_nvml)
-            else:
-                inventory = parse_static_inventory(
-                    self.gpu_inventory, option=self._opt("gpu_inventory")
-                )
-            _INVENTORIES[key] = inventory
-        return _INVENTORIES[key]
+        inventories = self.runtime.inventories
+        if key not in inventories:
+            loop = asyncio.get_running_loop()
+            inventories[key] = await loop.run_in_executor(
+                self.executor,
+                lambda: resolve_inventory(self.gpu_inventory, option=self._opt("gpu_inventory")),
+            )
+        return inventories[key]
+
+    def observer(self) -> EngineObserver:
+        """The one observer of this hub's engine: a cache of its containers, fed by events."""
+        kwargs = self.client_kwargs_resolved()
+        observer: EngineObserver = self.runtime.observer(
+            str(self.client.base_url),
+            lambda: EngineObserver(lambda: docker.APIClient(**kwargs), name="docker"),
+        )
+        return observer
+
+    async def synced_observer(self) -> EngineObserver | None:
+        """The observer once it follows the engine; None while it cannot (readers then ask
+        Docker themselves, which also gives the real error while the engine is down)."""
+        observer = self.observer()
+        if observer.synced:
+            return observer
+        # Only just started: its first list is under way. Later, an observer that lost the
+        # engine is not waited for (the reader's own call says what is wrong at once).
+        first_sync = OBSERVER_WAIT - self.runtime.observer_age(str(self.client.base_url))
+        if first_sync > 0 and await observer.wait_synced(first_sync):
+            return observer
+        return None
 
     async def gpu_pool(self) -> GPUPool:
         """The pool shared by every spawner of this hub on the same Docker engine."""
         inventory = await self.gpu_inventory_resolved()
         key = (str(self.client.base_url), inventory.ids())
-        if key not in _POOLS:
-            claims_cache = _CLAIM_CACHES.setdefault(key, {})
-
-            def observe_running_claims() -> Observation:
-                return self._observe_running_claims(inventory, claims_cache)
+        pools = self.runtime.pools
+        if key not in pools:
+            fallback_cache: dict[str, Any] = {}
 
             async def observe() -> Observation:
+                observer = await self.synced_observer()
+                if observer is not None:
+                    return running_claims(observer.live(), inventory)
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self.executor, observe_running_claims)
+                return await loop.run_in_executor(
+                    self.executor, self._observe_running_claims, inventory, fallback_cache
+                )
 
-            _POOLS[key] = GPUPool(inventory, observe)
-        return _POOLS[key]
+            pools[key] = GPUPool(inventory, observe)
+            self.runtime.sources[("docker", key)] = pools[key]
+        return pools[key]
+
+    async def prepare_gpu_source(self) -> GPUPool | None:
+        self.observer()  # followed from the start: the polls after a hub restart read it
+        try:
+            return await self.gpu_pool()
+        except InventoryError as e:
+            self.log.info("No GPU pool: %s", e)
+            return None
 
     def _live_containers(self) -> list[dict[str, Any]]:
         # "created": a container whose start is still under way (or that someone created
@@ -427,7 +362,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         return claim
 
     def _observe_running_claims(self, inventory: Inventory, cache: dict[str, Any]) -> Observation:
-        """GPU ids held by every live container on the engine, ours or started by hand."""
+        """Without the observer (it cannot follow the engine): list and inspect."""
         busy: set[str] = set()
         seen: set[str] = set()
         names: set[str] = set()
@@ -470,14 +405,10 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             pool.inventory.describe(), snapshot.free, snapshot.total, snapshot.queue_length
         )
 
-    def _quota(self) -> Quota:
-        limit, source = self.user_gpu_limit()
-        return Quota(limit, source, dict(self.gpu_quota_per_group))
-
     async def check_gpu_quota(self, count: int) -> None:
         pool = await self._pool_or_refuse()
         try:
-            pool.check_quota(self.user.name, self._user_groups(), count, self._quota())
+            pool.check_quota(self.user.name, self._user_groups(), count, self.gpu_quota())
         except AllocationError as e:
             raise WorkspaceError(str(e), reason="quota", status_code=403) from None
 
@@ -491,66 +422,33 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
                 status_code=503,
             ) from None
         except Exception as e:
-            if engine_unreachable(e):
-                raise _engine_down_error() from None
+            if explained := start_failure(e, engine=self.engine_words):
+                raise explained from None
             raise
 
-    # -- the Docker-facing settings, in one place -----------------------------------------
+    # -- the container, built by the pure builders (spawner/core/builders.py) ------------
 
-    def workspace_host_config(self, gpu_ids: Collection[str] | None) -> dict[str, Any]:
-        """Host-config fragment for this server: GPUs, /dev/shm, limits, hardening.
+    def host_pid_max(self) -> int | None:
+        try:
+            with open("/proc/sys/kernel/pid_max") as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
 
-        ``gpu_ids`` are the allocated ids (None: use the static request as configured).
-        Admin ``extra_host_config`` is merged on top, so each default stays overridable.
-        """
-        if gpu_ids and self.gpu_mechanism != "device-requests":
-            request = None
-        elif gpu_ids:
-            request = build_device_request(
-                device_ids=list(gpu_ids), capabilities=self.gpu_capabilities
-            )
-        else:
-            request = build_device_request(
-                count=self.gpu_count or None,
-                device_ids=self.gpu_device_ids or None,
-                all_gpus=self.all_gpus,
-                capabilities=self.gpu_capabilities,
-            )
-        config: dict[str, Any] = {
-            "shm_size": self.effective_shm_size(),
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges:true"],
-            "init": True,
-        }
-        ulimits = []
-        if self.nofile_limit:
-            ulimits.append({"name": "nofile", "soft": self.nofile_limit, "hard": self.nofile_limit})
-        nproc = self.nproc_limit
-        if nproc is None:
-            nproc = hardening.process_ceiling(_host_pid_max(), self.pids_limit)
-        if nproc:
-            ulimits.append({"name": "nproc", "soft": nproc, "hard": nproc})
-        if ulimits:
-            config["ulimits"] = ulimits
-        if self.cap_add:
-            config["cap_add"] = list(self.cap_add)
-        if self.pids_limit:
-            config["pids_limit"] = self.pids_limit
-        if request is not None:
-            # Plain snake_case dicts: DockerSpawner re-renders this fragment as templates,
-            # which would turn docker-py's dict subclasses into unusable CamelCase dicts.
-            config["device_requests"] = [request]
-        if gpu_ids:
-            config.update(mechanism_host_config(self.gpu_mechanism, list(gpu_ids)))
-        return config
-
-    def get_env(self) -> dict[str, str]:
-        env = super().get_env()
-        if self.gpu_ids:
-            # Whatever the mechanism: what the runtime hands over and what a hub reads from
-            # the container (an image may say NVIDIA_VISIBLE_DEVICES=all) agree.
-            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)
-        return env
+    def container_inputs(self, command: list[str]) -> ContainerInputs:
+        """What DockerSpawner works out for the container besides the plan."""
+        return ContainerInputs(
+            name=self.container_name,
+            command=command,
+            volume_mount_points=self.volume_mount_points,
+            volume_binds=self.volume_binds,
+            links=self.links,
+            mount_binds=self.mount_binds,
+            port=self.port,
+            host_ip=None if self.use_internal_ip else self.host_ip,
+            network_name=self.network_name,
+            auto_remove=self.remove,
+        )
 
     async def create_object(self) -> dict[str, Any]:
         """Create the container; with GPUs, make sure no other hub's container got them first.
@@ -561,15 +459,13 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         any of them, ours is removed and other GPUs are claimed. Both hubs apply the same
         rule, so exactly one container of such a pair keeps a GPU, and it starts alone.
         """
+        self._report("Creating the container", progress=40)
         for _ in range(GPU_RACE_ATTEMPTS):
             obj = await self._create_container()
             if not self.gpu_ids:
                 return obj
             inventory = await self.gpu_inventory_resolved()
-            loop = asyncio.get_running_loop()
-            rival = await loop.run_in_executor(
-                self.executor, self._older_rival, inventory, obj["Id"]
-            )
+            rival = await self._older_rival(inventory, obj["Id"])
             if rival is None:
                 return obj
             self.log.warning(
@@ -590,10 +486,36 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             status_code=503,
         )
 
-    def _older_rival(self, inventory: Inventory, own_id: str) -> str | None:
-        """The name of a container created before ``own_id`` that claims one of our GPUs."""
+    async def _older_rival(self, inventory: Inventory, own_id: str) -> str | None:
+        """The name of a container created before ``own_id`` that claims one of our GPUs.
+
+        Docker's events come in order, so once the observer has seen our own container's
+        create, every container created before it is in its cache."""
         ours = inventory.canonical(self.gpu_ids)
-        cache = _CLAIM_CACHES.setdefault((str(self.client.base_url), inventory.ids()), {})
+        observer = await self.synced_observer()
+        if observer is None or not await observer.wait_seen(own_id, OBSERVER_WAIT):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self.executor, self._older_rival_asked, inventory, ours, own_id
+            )
+        own = observer.get(own_id)
+        if own is None:
+            return None
+        own_key = (own.created_ns, own.id)
+        for record in observer.live():
+            if record.id == own_id or record.claim is None:
+                continue
+            if ours & inventory.resolve_claim(record.claim) and (
+                (record.created_ns, record.id) < own_key
+            ):
+                return record.name
+        return None
+
+    def _older_rival_asked(
+        self, inventory: Inventory, ours: frozenset[str], own_id: str
+    ) -> str | None:
+        """The same, asking Docker (while the observer cannot follow the engine)."""
+        cache: dict[str, Any] = {}
         own_key: tuple[int, str] | None = None
         for summary in self._live_containers():
             claim = self._claim_of(summary["Id"], cache)
@@ -606,44 +528,48 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             except docker.errors.NotFound:
                 continue
             if own_key is None:
-                own_key = (_created_ns(self.client.inspect_container(own_id)["Created"]), own_id)
-            if (_created_ns(info["Created"]), info["Id"]) < own_key:
+                own_key = (created_ns(self.client.inspect_container(own_id)["Created"]), own_id)
+            if (created_ns(info["Created"]), info["Id"]) < own_key:
                 return str(info["Name"]).lstrip("/")
         return None
 
+    async def _admin_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The admin's ``extra_host_config`` / ``extra_create_kwargs``, evaluated when they are
+        callables and rendered as DockerSpawner renders them (user and server names)."""
+        rendered = []
+        for value in (self.extra_host_config, self.extra_create_kwargs):
+            value = self._eval_if_callable(value)
+            if asyncio.iscoroutine(value):
+                value = await value
+            rendered.append(dict(self._render_templates(value or {})))
+        return rendered[0], rendered[1]
+
     async def _create_container(self) -> dict[str, Any]:
-        admin_host_config = self._eval_if_callable(self.extra_host_config)
-        if asyncio.iscoroutine(admin_host_config):
-            admin_host_config = await admin_host_config
-        admin_create_kwargs = self._eval_if_callable(self.extra_create_kwargs)
-        if asyncio.iscoroutine(admin_create_kwargs):
-            admin_create_kwargs = await admin_create_kwargs
+        admin_host_config, admin_create_kwargs = await self._admin_dicts()
         if not self.allow_host_access:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.executor, docker_root_dir, self)
+            await loop.run_in_executor(self.executor, self.docker_root_dir)
             # Settings given as callables are only known now (the rest was checked at
             # start-up): the same sentences, before anything is created.
             self._refuse_at_spawn(
                 self._admin_problems(admin_host_config, admin_create_kwargs, self.refusal_rules())
             )
-        ours_create: dict[str, Any] = {"labels": self.workspace_labels(list(self.gpu_ids))}
-        if self.hub_instance:
-            ours_create["labels"][LABEL_HUB_INSTANCE] = self.hub_instance
-        if self.container_user:
-            ours_create["user"] = self.container_user
-        saved = self.extra_host_config, self.extra_create_kwargs
-        self.extra_host_config = _deep_merge(
-            self.workspace_host_config(self.gpu_ids or None), admin_host_config or {}
-        )
-        self.extra_create_kwargs = _deep_merge(ours_create, admin_create_kwargs or {})
+        plan = dataclasses.replace(self.plan, env=self.get_env())
         try:
-            # DockerSpawner merges these with its own and calls create_container, where
-            # docker() checks the final arguments
-            return await super().create_object()  # type: ignore[no-any-return]
-        finally:
-            self.extra_host_config, self.extra_create_kwargs = saved
-
-    # -- start, poll, stop ---------------------------------------------------------------
+            kwargs = make_create_kwargs(
+                plan,
+                self.container_inputs(await self.get_command()),
+                admin_host_config=admin_host_config,
+                admin_create_kwargs=admin_create_kwargs,
+                owner=type(self).__name__,
+            )
+        except BuildError as e:
+            self._refuse_at_spawn([str(e)])
+            raise
+        kwargs["host_config"] = self.client.create_host_config(**kwargs["host_config"])
+        # docker() checks these final arguments against the allow-list
+        created: dict[str, Any] = await self.docker("create_container", **kwargs)
+        return created
 
     @property
     def gpu_holder(self) -> str:
@@ -657,7 +583,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         try:
             pool = await self.gpu_pool()
         except InventoryError as e:
-            if self.gpu_count:
+            if self.plan.gpu_count:
                 raise WorkspaceError(
                     f"This hub cannot see any GPU ({e}); tell an admin.",
                     reason="gpu-inventory",
@@ -666,41 +592,9 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             # Explicit ids / all GPUs without an inventory: pass through untracked.
             self.log.warning("No GPU inventory (%s); GPUs of %s are not tracked", e, self._log_name)
             return []
-        if self.gpu_count:
-            plural = "GPU" if self.gpu_count == 1 else "GPUs"
-
-            def report(ahead: int, count: int) -> None:
-                self._report(
-                    f"Waiting for {count} {plural}, "
-                    f"{ahead} request{'s' if ahead != 1 else ''} ahead of you"
-                )
-
-            try:
-                with timed_gpu_wait():  # jupyterhub_gpu_wait_duration_seconds
-                    ids = await pool.acquire(
-                        self.gpu_holder,
-                        self.gpu_count,
-                        user=self.user.name,
-                        groups=self._user_groups(),
-                        quota=self._quota(),
-                        timeout=self.gpu_wait_timeout,
-                        report=report,
-                        server=self.name,
-                        profile=self.profile_slug,
-                        max_waiting_per_user=self.gpu_queue_limit_per_user or None,
-                    )
-                count_allocation(self.profile_slug)
-            except AllocationError as e:
-                # quotas (a user's or a group's) are refusals, not a shortage
-                if isinstance(e, QuotaExceeded):
-                    status = 403
-                elif isinstance(e, QueueLimitReached):
-                    status = 429
-                else:
-                    status = 503
-                raise WorkspaceError(str(e), reason="gpu-unavailable", status_code=status) from None
-            return list(ids)
-        wanted = pool.inventory.ids() if self.all_gpus else self.gpu_device_ids
+        if self.plan.gpu_count:
+            return await self._wait_for_gpus(pool)
+        wanted = pool.inventory.ids() if self.plan.all_gpus else self.plan.gpu_device_ids
         try:
             ids = await pool.claim_exact(
                 self.gpu_holder,
@@ -713,6 +607,42 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         except AllocationError as e:
             raise WorkspaceError(str(e), reason="gpu-unavailable", status_code=503) from None
         count_allocation(self.profile_slug)
+        return list(ids)
+
+    async def _wait_for_gpus(self, pool: GPUPool) -> list[str]:
+        """``gpu_count`` free GPUs from the pool, first come first served (the queue)."""
+        plural = "GPU" if self.plan.gpu_count == 1 else "GPUs"
+
+        def report(ahead: int, count: int) -> None:
+            self._report(
+                f"Waiting for {count} {plural}, "
+                f"{ahead} request{'s' if ahead != 1 else ''} ahead of you"
+            )
+
+        try:
+            with timed_gpu_wait():  # jupyterhub_gpu_wait_duration_seconds
+                ids = await pool.acquire(
+                    self.gpu_holder,
+                    self.plan.gpu_count,
+                    user=self.user.name,
+                    groups=self._user_groups(),
+                    quota=self.gpu_quota(),
+                    timeout=self.gpu_wait_timeout,
+                    report=report,
+                    server=self.name,
+                    profile=self.profile_slug,
+                    max_waiting_per_user=self.gpu_queue_limit_per_user or None,
+                )
+            count_allocation(self.profile_slug)
+        except AllocationError as e:
+            # quotas (a user's or a group's) are refusals, not a shortage
+            if isinstance(e, QuotaExceeded):
+                status = 403
+            elif isinstance(e, QueueLimitReached):
+                status = 429
+            else:
+                status = 503
+            raise WorkspaceError(str(e), reason="gpu-unavailable", status_code=status) from None
         return list(ids)
 
     def docker(self, method: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
@@ -747,7 +677,7 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
 
     def _hand_over_gpus(self) -> list[tuple[GPUPool, str]]:
         """Move this server's claims to clean-up keys (see :meth:`GPUPool.hand_over`)."""
-        keys = [(pool, pool.hand_over(self.gpu_holder)) for pool in _POOLS.values()]
+        keys = [(pool, pool.hand_over(self.gpu_holder)) for pool in self.runtime.pools.values()]
         self.gpu_ids = []
         return [(pool, key) for pool, key in keys if key]
 
@@ -780,73 +710,50 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             self.client.remove_container(self.object_name, force=True, v=False)
 
     def _release_gpus(self) -> None:
-        for pool in _POOLS.values():
+        for pool in self.runtime.pools.values():
             released = pool.release(self.gpu_holder)
             if released:
                 self.log.info("Released GPUs %s of %s", ",".join(released), self._log_name)
         self.gpu_ids = []
 
-    async def start(self) -> tuple[str, int]:
-        self._progress_events = []
-        if self._profile is None and self.profiles:
-            # JupyterHub < 5.3 has no apply_user_options hook
-            await self._apply_profile(self.user_options or {})
-        self.check_image_allowed()
-        self.check_network_guard()
-        try:
-            await self._refuse_a_foreign_container()
-            self.gpu_ids = await self._claim_gpus()
-            if self.gpu_ids:
-                self._report(f"Assigned GPU {', '.join(self.gpu_ids)}", progress=30)
-            async with self.start_slot():  # CPU-bound start-ups go in turns (start_concurrency)
-                self._report("Creating the container", progress=40)
-                ip_port = await super().start()
-                if self.gpu_ids:
-                    (await self.gpu_pool()).mark_running(self.gpu_holder)
-                self._report("Starting the notebook server", progress=70)
-                if self.wait_until_ready:
-                    await self._wait_until_answering(*ip_port)
-            self._report("Server is up", progress=95)
-            reclaimer(self.config).track(self)  # idle reclaim, busy kernels kept
-            return ip_port  # type: ignore[no-any-return]
-        except Exception as e:
-            await self._discard_unstarted(self._hand_over_gpus())
-            explained = _explain_docker_error(e)
-            if explained is None:
-                raise
-            raise explained from None
-        except BaseException:
-            # Cancelled (a stop while pending): end now, within JupyterHub's wait; the
-            # clean-up keeps the GPUs until the container is known gone.
-            cleanup = asyncio.ensure_future(self._discard_unstarted(self._hand_over_gpus()))
-            _CLEANUPS.add(cleanup)
-            cleanup.add_done_callback(_CLEANUPS.discard)
-            raise
+    # -- the lifecycle's hooks (backends/base.py runs start, poll and stop) ---------------
 
-    async def poll(self) -> int | str | None:
-        try:
-            status = await super().poll()
-        except Exception as e:
-            if not engine_unreachable(e):
-                raise
-            # Cannot tell: keep the server (and its GPUs) until the engine answers again.
-            # Reporting it stopped would throw away a server that is most likely still up,
-            # e.g. when the hub starts before dockerd.
-            self.log.warning(
-                "Docker engine not answering; keeping %s as running: %s", self._log_name, e
-            )
-            return None
-        if status is None:
-            if not self.api_token:
-                await self._recover_api_token()
-            if self.gpu_ids:
-                await self._readopt_gpus()
-            reclaimer(self.config).track(self)  # e.g. after a hub restart
-        else:
-            reclaimer(self.config).untrack(self)
-            if self.gpu_ids:
-                self._release_gpus()
-        return status  # type: ignore[no-any-return]
+    async def claim_resources(self) -> None:
+        await self._refuse_a_foreign_container()
+        self.gpu_ids = await self._claim_gpus()
+        if self.gpu_ids:
+            self._report(f"Assigned GPU {', '.join(self.gpu_ids)}", progress=30)
+
+    async def resources_started(self) -> None:
+        if self.gpu_ids:
+            (await self.gpu_pool()).mark_running(self.gpu_holder)
+
+    async def observed_status(self) -> int | str | None:
+        """From the engine observer's cache: no Docker call per poll. A container it has not
+        seen (just created, or the observer cannot follow the engine) is asked about."""
+        observer = await self.synced_observer()
+        record = observer.get(self.object_id or self.object_name) if observer else None
+        if record is None:
+            return await super().observed_status()
+        return poll_answer(record)
+
+    async def readopt_resources(self) -> None:
+        if not self.api_token:
+            await self._recover_api_token()
+        if self.gpu_ids:
+            await self._readopt_gpus()
+
+    def release_resources(self) -> None:
+        if self.gpu_ids:
+            self._release_gpus()
+
+    async def discard_failed_start(self) -> None:
+        await self._discard_unstarted(self._hand_over_gpus())
+
+    def cancelled_start_cleanup(self) -> Coroutine[Any, Any, None]:
+        # handed over now, before JupyterHub's stop frees this server's own claims: the GPUs
+        # stay held until the container is known gone
+        return self._discard_unstarted(self._hand_over_gpus())
 
     async def _refuse_a_foreign_container(self) -> None:
         """DockerSpawner removes any container with the name it wants; never one that this
@@ -917,24 +824,3 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
                 reason="rename",
                 status_code=400,
             )
-
-    async def stop(self, now: bool = False) -> None:
-        reclaimer(self.config).untrack(self)
-        try:
-            await super().stop(now=now)
-        except Exception as e:
-            if not engine_unreachable(e):
-                raise
-            # JupyterHub forgets the server and revokes its token whatever happens here; the
-            # container is removed by the next start of this server (same name). Its GPUs
-            # stay busy in Docker's view until then, so they are never handed out twice.
-            self.log.error(
-                "Docker engine not answering while stopping %s; container %s is left for the "
-                "next start of this server to remove: %s",
-                self._log_name,
-                self.object_name,
-                e,
-            )
-            self.clear_state()
-        finally:
-            self._release_gpus()

@@ -27,207 +27,85 @@ State kept in the hub database, in addition to DockerSpawner's and the mixin's `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from types import SimpleNamespace
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 import docker
-from docker.types import (
-    ContainerSpec,
-    DriverConfig,
-    EndpointSpec,
-    Mount,
-    Placement,
-    Resources,
-    RestartPolicy,
-    TaskTemplate,
-)
 from dockerspawner import SwarmSpawner
 from traitlets import List, TraitError, Unicode, default, validate
-from traitlets.config import Config
 
-from spawner.backends.base import LABEL_PREFIX_NAME, LABEL_USER, GPUAvailability, WorkspaceMixin
-from spawner.backends.docker import docker_root_dir, engine_unreachable, known_docker_root
+from spawner.backends.base import GPUAvailability, WorkspaceMixin
+from spawner.backends.errors import WorkspaceError, docker_trouble
 from spawner.core import hardening
-from spawner.core.allocator import QuotaExceeded, check_quota
-from spawner.core.errors import WorkspaceError
-from spawner.core.pool import GroupQuotaExceeded
-from spawner.hub.reclaim import reclaimer
-
-#: Task states in which a task holds resources on its node (placed there and not ended).
-HOLDING_STATES = frozenset({"assigned", "accepted", "preparing", "ready", "starting", "running"})
-#: Task states before Swarm has placed the task on a node.
-UNPLACED_STATES = frozenset({"new", "allocated", "pending"})
-#: Settings of a single-host configuration that :func:`use_swarm` does not carry over.
-NOT_CARRIED_OVER = frozenset({"network_name", "pull_policy", "use_internal_ip", "host_ip"})
-
-
-# -- reading what Swarm reports (pure: plain dicts in, values out) -------------------------
-
-
-def resource_env_var(kind: str) -> str:
-    """The variable in which Docker hands a container the generic resources Swarm assigned.
-
-    Docker writes ``DOCKER_RESOURCE_`` and the kind in upper case, character for character:
-    ``NVIDIA-GPU`` gives ``DOCKER_RESOURCE_NVIDIA-GPU``, ``gpu`` gives ``DOCKER_RESOURCE_GPU``.
-    The NVIDIA runtime's ``swarm-resource`` setting must name exactly this variable.
-    """
-    return f"DOCKER_RESOURCE_{kind.upper()}"
+from spawner.core.allocator import QuotaExceeded
+from spawner.core.builders import BuildError, ServiceExtras, ServiceInputs, make_service_spec
+from spawner.core.labels import LABEL_PREFIX_NAME, LABEL_USER
+from spawner.core.pool import PoolView, enforce_quota
+from spawner.core.swarm_view import (
+    HOLDING_STATES,
+    UNPLACED_STATES,
+    NodeGPUs,
+    SwarmGPUs,
+    advertised_gpus,
+    assigned_gpus,
+    count_swarm_gpus,
+    current_task,
+    gpus_text,
+    node_hostname,
+    reserved_gpus,
+    resource_env_var,
+    swarm_view,
+    task_address,
+    task_state,
+    unplaced_reason,
+)
 
 
-def _ids_of(resources: Iterable[Mapping[str, Any]] | None, kind: str) -> tuple[str, ...]:
-    """Named resources of ``kind`` as their values; a discrete count N as N anonymous ids."""
-    ids: list[str] = []
-    for resource in resources or ():
-        named = resource.get("NamedResourceSpec") or {}
-        if named.get("Kind") == kind:
-            ids.append(str(named.get("Value", "")))
-        discrete = resource.get("DiscreteResourceSpec") or {}
-        if discrete.get("Kind") == kind:
-            ids.extend(f"#{i}" for i in range(int(discrete.get("Value") or 0)))
-    return tuple(ids)
+class SwarmState:
+    """The nodes and tasks of one swarm, read at most once per ``ttl`` seconds however many
+    polls, spawn forms and dashboard refreshes ask (one pair of calls per interval, not one
+    per server: Docker 20.10 sends no task events to follow). It is also the swarm's GPU
+    source for the dashboard and the metrics."""
 
+    def __init__(
+        self, call: Callable[..., Awaitable[Any]], kind: str, prefix: str, ttl: float = 1.0
+    ) -> None:
+        self._call = call
+        self.kind = kind
+        self.prefix = prefix
+        self.ttl = ttl
+        self._nodes: list[dict[str, Any]] = []
+        self._tasks: list[dict[str, Any]] = []
+        self._read_at: float | None = None
+        self._pending: asyncio.Future[None] | None = None
 
-def advertised_gpus(node: Mapping[str, Any], kind: str) -> tuple[str, ...]:
-    """The GPU ids a node advertises (its ``kind`` generic resources)."""
-    resources = ((node.get("Description") or {}).get("Resources") or {}).get("GenericResources")
-    return _ids_of(resources, kind)
+    async def read(
+        self, *, fresh: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        stale = self._read_at is None or time.monotonic() - self._read_at > self.ttl
+        if fresh or stale:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._fetch())
+            pending = self._pending
+            try:
+                await asyncio.shield(pending)
+            finally:
+                if self._pending is pending and pending.done():
+                    self._pending = None
+        return self._nodes, self._tasks
 
+    async def _fetch(self) -> None:
+        nodes, tasks = await asyncio.gather(self._call("nodes"), self._call("tasks"))
+        self._nodes, self._tasks = list(nodes), list(tasks)
+        self._read_at = time.monotonic()
 
-def assigned_gpus(task: Mapping[str, Any], kind: str) -> tuple[str, ...]:
-    """The GPU ids Swarm assigned to a task."""
-    return _ids_of(task.get("GenericResources"), kind)
+    async def refresh(self) -> None:
+        await self.read()
 
-
-def reserved_gpus(task_template: Mapping[str, Any], kind: str) -> int:
-    """How many ``kind`` resources a task template (service or task spec) reserves."""
-    reservations = (task_template.get("Resources") or {}).get("Reservations") or {}
-    return sum(
-        int((r.get("DiscreteResourceSpec") or {}).get("Value") or 0)
-        for r in reservations.get("GenericResources") or ()
-        if (r.get("DiscreteResourceSpec") or {}).get("Kind") == kind
-    )
-
-
-def schedulable(node: Mapping[str, Any]) -> bool:
-    """Whether Swarm places new tasks on this node (up and not paused or drained)."""
-    return (node.get("Status") or {}).get("State") == "ready" and (node.get("Spec") or {}).get(
-        "Availability", "active"
-    ) == "active"
-
-
-def node_hostname(node: Mapping[str, Any]) -> str:
-    return str((node.get("Description") or {}).get("Hostname") or node.get("ID", "")[:12])
-
-
-def task_state(task: Mapping[str, Any]) -> str:
-    return str((task.get("Status") or {}).get("State", "")).lower()
-
-
-def task_address(task: Mapping[str, Any], network: str) -> str | None:
-    """The task's IP address on ``network`` (name or id), as the Swarm manager records it."""
-    for attachment in task.get("NetworksAttachments") or ():
-        net = attachment.get("Network") or {}
-        if network in (net.get("ID"), (net.get("Spec") or {}).get("Name")):
-            for address in attachment.get("Addresses") or ():
-                return str(address).split("/")[0]
-    return None
-
-
-def unplaced_reason(err: str) -> str | None:
-    """Why Swarm has not placed a task: ``"resources"`` when some node lacks free resources
-    (worth waiting), ``"placement"`` when no node qualifies at all (constraints, drained
-    nodes), ``None`` when the scheduler has not said anything yet."""
-    if "no suitable node" not in err:
-        return None
-    return "resources" if "insufficient resources" in err else "placement"
-
-
-@dataclass(frozen=True)
-class NodeGPUs:
-    """One schedulable node's GPUs, as Swarm sees them now."""
-
-    node_id: str
-    hostname: str
-    total: int
-    used: int
-
-    @property
-    def free(self) -> int:
-        return max(self.total - self.used, 0)
-
-
-@dataclass(frozen=True)
-class SwarmGPUs:
-    """The GPUs of every schedulable node, and the GPU requests Swarm has not placed yet."""
-
-    nodes: tuple[NodeGPUs, ...]
-    waiting: int
-
-    @property
-    def total(self) -> int:
-        return sum(n.total for n in self.nodes)
-
-    @property
-    def free(self) -> int:
-        return sum(n.free for n in self.nodes)
-
-    @property
-    def largest(self) -> int:
-        """The most GPUs one node has: no single server can get more."""
-        return max((n.total for n in self.nodes), default=0)
-
-    @property
-    def most_free(self) -> int:
-        return max((n.free for n in self.nodes), default=0)
-
-    def summary(self, kind: str) -> str:
-        with_gpus = [n for n in self.nodes if n.total]
-        if not with_gpus:
-            return f"no node of the swarm advertises {kind} resources"
-        per_node = ", ".join(f"{n.hostname}: {n.free} of {n.total}" for n in with_gpus)
-        nodes = "1 node" if len(with_gpus) == 1 else f"{len(with_gpus)} nodes"
-        return f"{self.free} of {self.total} GPUs free on {nodes} ({per_node})"
-
-
-def count_swarm_gpus(
-    nodes: Iterable[Mapping[str, Any]], tasks: Iterable[Mapping[str, Any]], kind: str
-) -> SwarmGPUs:
-    """Free/total GPUs per schedulable node, from ``docker node ls`` and ``docker service ps``.
-
-    A GPU is in use while a task that Swarm assigned it to is on its node and not ended,
-    whoever started the task (this hub, another hub, an admin by hand).
-    """
-    tasks = list(tasks)
-    used: dict[str, int] = {}
-    waiting = 0
-    for task in tasks:
-        state = task_state(task)
-        if state in HOLDING_STATES and task.get("NodeID"):
-            used[task["NodeID"]] = used.get(task["NodeID"], 0) + len(assigned_gpus(task, kind))
-        elif (
-            state in UNPLACED_STATES
-            and task.get("DesiredState") == "running"
-            and reserved_gpus(task.get("Spec") or {}, kind)
-        ):
-            waiting += 1
-    counted = tuple(
-        NodeGPUs(
-            node_id=str(node.get("ID", "")),
-            hostname=node_hostname(node),
-            total=len(advertised_gpus(node, kind)),
-            used=used.get(str(node.get("ID", "")), 0),
-        )
-        for node in nodes
-        if schedulable(node)
-    )
-    return SwarmGPUs(tuple(sorted(counted, key=lambda n: n.hostname)), waiting)
-
-
-def _gpus(n: int) -> str:
-    return "1 GPU" if n == 1 else f"{n} GPUs"
+    def view(self) -> PoolView:
+        return swarm_view(self._nodes, self._tasks, self.kind, self.prefix)
 
 
 # -- the spawner ---------------------------------------------------------------------------
@@ -235,6 +113,10 @@ def _gpus(n: int) -> str:
 
 class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
     """Each user's server as a Swarm service on the node that has their GPUs free."""
+
+    engine_words = "Swarm manager"
+    # Starting is CPU-bound on the nodes, not on the hub's host.
+    uses_start_slots = False
 
     gpu_resource_kind = Unicode(
         "NVIDIA-GPU",
@@ -300,19 +182,19 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
                 )
 
     def refusal_rules(self) -> hardening.Allowed:
-        """What the allow-list lets this hub's services name (spawner/hardening.py)."""
+        """What the allow-list lets this hub's services name (spawner/core/hardening.py)."""
         return hardening.Allowed(
-            images=self.allowed_workspace_images(), docker_root=known_docker_root(type(self))
+            images=self.allowed_workspace_images(), docker_root=self.known_docker_root()
         )
 
     def check_refused_settings(self, *, read_engine: bool = False) -> None:
-        """Refuse settings that hand notebooks a node (see spawner/hardening.py), naming the
+        """Refuse settings that hand notebooks a node (see spawner/core/hardening.py), naming the
         option, when the hub starts; ``read_engine`` first asks the manager for its data
         root. The whole service spec is checked again when it is built."""
         if self.allow_host_access:
             return
         if read_engine:
-            docker_root_dir(self)
+            self.docker_root_dir()
         allowed = self.refusal_rules()
         opt = self._opt
         problems = self.shared_setting_problems(allowed)
@@ -356,8 +238,22 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
 
     # -- what Swarm shows -----------------------------------------------------------------
 
-    async def swarm_gpus(self) -> SwarmGPUs:
-        nodes, tasks = await asyncio.gather(self.docker("nodes"), self.docker("tasks"))
+    def swarm_state(self) -> SwarmState:
+        """The one reader of this manager's nodes and tasks (owned by the hub runtime), which
+        is also the dashboard's and the metrics' GPU source of the swarm."""
+        address = str(self.client.base_url)
+        key = ("swarm", address, self.gpu_resource_kind, self.prefix)
+        source = self.runtime.sources.get(key)
+        if not isinstance(source, SwarmState):
+            source = SwarmState(self.docker, self.gpu_resource_kind, self.prefix)
+            self.runtime.sources[key] = source
+        return source
+
+    async def prepare_gpu_source(self) -> SwarmState:
+        return self.swarm_state()
+
+    async def swarm_gpus(self, *, fresh: bool = False) -> SwarmGPUs:
+        nodes, tasks = await self.swarm_state().read(fresh=fresh)
         for node in nodes:
             self._hostnames[str(node.get("ID", ""))] = node_hostname(node)
         return count_swarm_gpus(nodes, tasks, self.gpu_resource_kind)
@@ -385,41 +281,38 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         try:
             gpus = await self.swarm_gpus()
         except Exception as e:
-            if not (engine_unreachable(e) or isinstance(e, docker.errors.APIError)):
+            refusal = docker_trouble(
+                e,
+                cannot="no server can start and the free GPUs cannot be counted",
+                engine=self.engine_words,
+            )
+            if refusal is None:
                 raise
             self.log.warning("Spawn form refused (503), the Swarm manager did not answer: %s", e)
-            down = engine_unreachable(e)
-            raise WorkspaceError(
-                "The Swarm manager of this hub is "
-                + ("not answering" if down else "answering with errors")
-                + ", so no server can start right now and the free GPUs cannot be counted. "
-                "Running servers are kept; try again in a minute or tell an admin.",
-                reason="docker-unreachable" if down else "docker-error",
-                status_code=503,
-            ) from None
+            raise refusal from None
         return GPUAvailability(
             gpus.summary(self.gpu_resource_kind), gpus.free, gpus.total, gpus.waiting
         )
 
     async def check_gpu_quota(self, count: int) -> None:
         """Refuse (403) if ``count`` more GPUs would put the user or one of their groups over
-        a quota; what each user holds is read from this hub's services on the swarm."""
+        a quota (the one rule, :func:`~spawner.core.pool.enforce_quota`); what each user holds
+        is read from this hub's services on the swarm."""
         if count <= 0:
             return
         held = await self._gpus_reserved_by_user()
-        limit, source = self.user_gpu_limit()
+        members = {
+            group.name: {u.name for u in getattr(group, "users", []) or []} | {self.user.name}
+            for group in getattr(self.user, "groups", []) or []
+        }
         try:
-            check_quota(
-                requested=count, held=held.get(self.user.name, 0), limit=limit, scope=source
+            enforce_quota(
+                count,
+                self.gpu_quota(),
+                user_held=held.get(self.user.name, 0),
+                groups=self._user_groups(),
+                group_held=lambda g: sum(held.get(m, 0) for m in members.get(g, ())),
             )
-            for group in getattr(self.user, "groups", []) or []:
-                group_limit = self.gpu_quota_per_group.get(group.name)
-                if group_limit is None:
-                    continue
-                members = {u.name for u in getattr(group, "users", []) or []} | {self.user.name}
-                in_use = sum(held.get(m, 0) for m in members)
-                if in_use + count > group_limit:
-                    raise GroupQuotaExceeded(count, in_use, group_limit, f"group '{group.name}'")
         except QuotaExceeded as e:
             raise WorkspaceError(str(e), reason="quota", status_code=403) from None
 
@@ -439,46 +332,6 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
 
     # -- the service, built in one place --------------------------------------------------
 
-    def get_env(self) -> dict[str, str]:
-        env = super().get_env()
-        # GPU servers too: the NVIDIA runtime takes the GPUs from the Swarm variable, which
-        # wins over NVIDIA_VISIBLE_DEVICES; a node whose runtime lacks swarm-resource then
-        # gives the server no GPU instead of every GPU of the node (CUDA images say "all").
-        env["NVIDIA_VISIBLE_DEVICES"] = "void"
-        if self.gpu_count:
-            env["NVIDIA_DRIVER_CAPABILITIES"] = ",".join(self.gpu_capabilities)
-        return env
-
-    @property
-    def mount_driver_config(self) -> DriverConfig | None:
-        """The home volumes' driver; option values are templates like volume names, e.g.
-        ``{"device": ":/export/homes/{username}"}`` for one NFS folder per user."""
-        if not self.volume_driver:
-            return None
-        options = {
-            key: self.format_volume_name(str(value), self)
-            for key, value in (self.volume_driver_options or {}).items()
-        }
-        return DriverConfig(name=self.volume_driver, options=options or None)
-
-    @property
-    def mounts(self) -> list[Mount]:
-        """``volumes`` as Swarm mounts: names are (node-local) volumes, absolute paths binds."""
-        driver = self.mount_driver_config
-        mounts = []
-        for source, volume in self.volume_binds.items():
-            is_path = source.startswith("/")
-            mounts.append(
-                Mount(
-                    target=volume["bind"],
-                    source=source,
-                    type="bind" if is_path else "volume",
-                    read_only=volume["mode"] == "ro",
-                    driver_config=None if is_path else driver,
-                )
-            )
-        return mounts
-
     async def get_command(self) -> list[str]:
         try:
             return await super().get_command()  # type: ignore[no-any-return]
@@ -491,89 +344,42 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
                 status_code=500,
             ) from None
 
-    def _ulimits(self) -> list[dict[str, Any]]:
-        ulimits = []
-        if self.nofile_limit:
-            ulimits.append({"Name": "nofile", "Soft": self.nofile_limit, "Hard": self.nofile_limit})
-        nproc = self.nproc_limit
-        if nproc is None:
-            # The nodes' kernel.pid_max is not known here: the ceiling without it.
-            nproc = hardening.process_ceiling(None, self.pids_limit)
-        if nproc:
-            ulimits.append({"Name": "nproc", "Soft": nproc, "Hard": nproc})
-        return ulimits
-
-    def placement_constraints(self) -> list[str]:
-        profile = tuple(self._profile.constraints) if self._profile is not None else ()
-        return [*self.node_constraints, *profile]
+    def service_inputs(self, command: list[str]) -> ServiceInputs:
+        """What the service needs besides the plan: its name, command, network and volumes
+        (driver options are templates like volume names, e.g. one NFS folder per user)."""
+        return ServiceInputs(
+            name=self.service_name,
+            command=command,
+            network_name=self.network_name,
+            volume_binds=self.volume_binds,
+            volume_driver=self.volume_driver or "",
+            volume_driver_options={
+                key: self.format_volume_name(str(value), self)
+                for key, value in (self.volume_driver_options or {}).items()
+            },
+            gpu_resource_kind=self.gpu_resource_kind,
+        )
 
     async def service_spec(self) -> dict[str, Any]:
-        """What ``create_service`` gets: container, GPUs, limits, hardening, placement, network.
-
-        Admin ``extra_container_spec`` / ``extra_resources_spec`` / ``extra_placement_spec`` /
-        ``extra_task_spec`` / ``extra_endpoint_spec`` / ``extra_create_kwargs`` override keys.
-        """
-        labels = self.workspace_labels([], template_escape=False)
-        shm = Mount(
-            target="/dev/shm",
-            source=None,
-            type="tmpfs",
-            tmpfs_size=self.effective_shm_size(),
-            tmpfs_mode=0o1777,
+        """What ``create_service`` gets, from the pure builder
+        (:func:`spawner.core.builders.make_service_spec`) with the admin's ``extra_*`` on top."""
+        plan = dataclasses.replace(self.plan, env=self.get_env())
+        extras = ServiceExtras(
+            container_spec=self.extra_container_spec or {},
+            resources_spec=self.extra_resources_spec or {},
+            placement_spec=self.extra_placement_spec or {},
+            task_spec=self.extra_task_spec or {},
+            endpoint_spec=self.extra_endpoint_spec or {},
+            create_kwargs=self.extra_create_kwargs or {},
+            owner=type(self).__name__,
         )
-        container_kwargs: dict[str, Any] = {
-            "image": self.image,
-            "env": self.get_env(),
-            "args": await self.get_command(),
-            "mounts": [*self.mounts, shm],
-            "user": self.container_user or None,
-            "labels": labels,
-            "init": True,
-            "cap_drop": ["ALL"],
-            "cap_add": list(self.cap_add) or None,
-        }
-        container_kwargs.update(self.extra_container_spec)
-        container = ContainerSpec(**container_kwargs)
-        if ulimits := self._ulimits():
-            container.setdefault("Ulimits", ulimits)
-
-        mem_limit = self.mem_limit or None
-        resources_kwargs: dict[str, Any] = {
-            "mem_limit": mem_limit,
-            "mem_reservation": self.mem_guarantee or None,
-            "cpu_limit": int(self.cpu_limit * 1e9) if self.cpu_limit else None,
-            "cpu_reservation": int(self.cpu_guarantee * 1e9) if self.cpu_guarantee else None,
-            "generic_resources": (
-                {self.gpu_resource_kind: self.gpu_count} if self.gpu_count else None
-            ),
-        }
-        resources_kwargs.update(self.extra_resources_spec)
-        resources = Resources(**resources_kwargs)
-        if self.pids_limit:
-            resources.setdefault("Limits", {})["Pids"] = self.pids_limit
-
-        placement = Placement(
-            **{"constraints": self.placement_constraints() or None, **self.extra_placement_spec}
-        )
-        task_kwargs: dict[str, Any] = {
-            "container_spec": container,
-            "resources": resources,
-            # A server that exits is stopped, as on one host: never restarted elsewhere with
-            # other GPUs and another address behind the hub's back.
-            "restart_policy": RestartPolicy(condition="none"),
-            "placement": placement,
-            "networks": [{"Target": self.network_name}],
-        }
-        task_kwargs.update(self.extra_task_spec)
-        spec: dict[str, Any] = {
-            "task_template": TaskTemplate(**task_kwargs),
-            "name": self.service_name,
-            "labels": labels,
-            # DNS round robin, no published port: no routing mesh, no virtual IP (IPVS).
-            "endpoint_spec": EndpointSpec(**{"mode": "dnsrr", **self.extra_endpoint_spec}),
-        }
-        spec.update(self.extra_create_kwargs)
-        return spec
+        try:
+            return make_service_spec(
+                plan, self.service_inputs(await self.get_command()), extras=extras
+            )
+        except BuildError as e:
+            self._refuse_at_spawn([str(e)], "service")
+            raise
 
     async def create_object(self) -> dict[str, Any]:
         cls = GPUSwarmSpawner
@@ -582,8 +388,8 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         # Quota check and create under one lock: two spawns of one user cannot both slip
         # under the limit (the first one's service counts as soon as it exists).
         async with cls._create_lock:
-            if self.gpu_count:
-                await self.check_gpu_quota(self.gpu_count)
+            if self.plan.gpu_count:
+                await self.check_gpu_quota(self.plan.gpu_count)
             spec = await self.service_spec()
             if not self.allow_host_access:
                 await self._refuse_an_unsafe_spec(spec)
@@ -596,7 +402,7 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
     async def _refuse_an_unsafe_spec(self, spec: Mapping[str, Any]) -> None:
         """The final ``create_service`` arguments, after every merge, on the allow-list."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, docker_root_dir, self)
+        await loop.run_in_executor(self.executor, self.docker_root_dir)
         problems = hardening.unsafe_service_spec(
             spec, f"{type(self).__name__} final create_service arguments", self.refusal_rules()
         )
@@ -648,55 +454,42 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         if gpus.largest == 0:
             message = (
                 f"No node of this swarm has GPUs ({self.gpu_resource_kind} resources), so "
-                f"{_gpus(count)} cannot be granted; pick a CPU profile or tell an admin."
+                f"{gpus_text(count)} cannot be granted; pick a CPU profile or tell an admin."
             )
         else:
             message = (
-                f"No node of this swarm has {_gpus(count)} (the largest has {gpus.largest}), "
+                f"No node of this swarm has {gpus_text(count)} (the largest has {gpus.largest}), "
                 "and one server runs on one node; pick a profile with fewer GPUs."
             )
         raise WorkspaceError(message, reason="gpu-unavailable", status_code=503)
 
-    async def start(self) -> tuple[str, int]:
-        self._progress_events = []
-        if self._profile is None and self.profiles:
-            # JupyterHub < 5.3 has no apply_user_options hook
-            await self._apply_profile(self.user_options or {})
-        self.check_image_allowed()
+    # -- the lifecycle's hooks (backends/base.py runs start, poll and stop) ---------------
+
+    async def claim_resources(self) -> None:
+        """Swarm's scheduler places the server and assigns its GPUs; the hub only refuses at
+        once what no node could ever run."""
         self.gpu_ids = []
         self.node = ""
-        try:
-            await self._check_network()
-            if self.gpu_count:
-                await self._check_capacity(self.gpu_count)
-            self._report("Creating the service on the swarm", progress=20)
-            ip_port: tuple[str, int] = await super().start()
-            self._report("Starting the notebook server", progress=70)
-            if self.wait_until_ready:
-                await self._wait_until_answering(*ip_port)
-            self._report("Server is up", progress=95)
-            reclaimer(self.config).track(self)  # idle reclaim, as on one host
-            return ip_port
-        except Exception as e:
-            await self._remove_after_failure()
-            if isinstance(e, WorkspaceError):
-                raise
-            if engine_unreachable(e):
-                raise WorkspaceError(
-                    "The Swarm manager is not answering, so no server can start right now. "
-                    "Running servers are kept; try again in a minute or tell an admin.",
-                    reason="docker-unreachable",
-                    status_code=503,
-                ) from None
-            if isinstance(e, docker.errors.APIError):
-                raise WorkspaceError(
-                    f"Swarm refused to start the server: {e.explanation}. Tell an admin.",
-                    reason="swarm",
-                    status_code=500,
-                ) from None
-            raise
+        await self._check_network()
+        if self.plan.gpu_count:
+            await self._check_capacity(self.plan.gpu_count)
+        self._report("Creating the service on the swarm", progress=20)
 
-    async def _remove_after_failure(self) -> None:
+    async def observed_status(self) -> int | str | None:
+        """From the swarm's task list, read once per interval for every server (Docker 20.10
+        sends no task events); a service not in it (just created) is asked about."""
+        if not self.object_id:
+            return await super().observed_status()
+        _nodes, tasks = await self.swarm_state().read()
+        task = current_task(tasks, self.object_id)
+        if task is None:
+            return await super().observed_status()
+        state = task_state(task)
+        if state in {"running", "starting", "pending", "preparing"}:
+            return None
+        return str(task.get("Status") or state)
+
+    async def discard_failed_start(self) -> None:
         if self.object_id:
             try:
                 await self._log_what_the_service_did()
@@ -765,38 +558,46 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
             if reason is None:
                 await asyncio.sleep(0.2)
                 continue
-            if reason == "placement" or not self.gpu_count:
+            if reason == "placement" or not self.plan.gpu_count:
                 raise WorkspaceError(self._no_node_message(err), reason="no-node", status_code=503)
-            if self.gpu_wait_timeout <= 0:
-                raise WorkspaceError(
-                    f"No node has {_gpus(self.gpu_count)} free right now and this hub does not "
-                    "queue GPU requests. Nothing was started; try again later or pick a "
-                    "smaller profile.",
-                    reason="gpu-unavailable",
-                    status_code=503,
-                )
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + self.gpu_wait_timeout
-            gpus = await self.swarm_gpus()
-            if now >= deadline:
-                raise WorkspaceError(
-                    f"No {_gpus(self.gpu_count)} became free on one node within "
-                    f"{self.gpu_wait_timeout:g} seconds ({gpus.summary(self.gpu_resource_kind)})."
-                    " Nothing was started; try again later or pick a smaller profile.",
-                    reason="gpu-unavailable",
-                    status_code=503,
-                )
-            others = max(gpus.waiting - 1, 0)
-            message = (
-                f"Waiting for {_gpus(self.gpu_count)}: no node has {self.gpu_count} free "
-                f"({gpus.free} of {gpus.total} GPUs free on the swarm, {others} other "
-                f"request{'s' if others != 1 else ''} waiting)"
+            deadline, last_wait_message = await self._wait_for_a_node(deadline, last_wait_message)
+
+    async def _wait_for_a_node(
+        self, deadline: float | None, last_wait_message: str
+    ) -> tuple[float, str]:
+        """One round of waiting while no node has the GPUs free: refuse when the hub does not
+        queue or the wait is over, else say how things stand; returns the deadline and what
+        the user was told."""
+        if self.gpu_wait_timeout <= 0:
+            raise WorkspaceError(
+                f"No node has {gpus_text(self.plan.gpu_count)} free right now and this hub "
+                "does not queue GPU requests. Nothing was started; try again later or pick a "
+                "smaller profile.",
+                reason="gpu-unavailable",
+                status_code=503,
             )
-            if message != last_wait_message:
-                self._report(message)
-                last_wait_message = message
-            await asyncio.sleep(1.0)
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.gpu_wait_timeout
+        gpus = await self.swarm_gpus()
+        if now >= deadline:
+            raise WorkspaceError(
+                f"No {gpus_text(self.plan.gpu_count)} became free on one node within "
+                f"{self.gpu_wait_timeout:g} seconds ({gpus.summary(self.gpu_resource_kind)})."
+                " Nothing was started; try again later or pick a smaller profile.",
+                reason="gpu-unavailable",
+                status_code=503,
+            )
+        others = max(gpus.waiting - 1, 0)
+        message = (
+            f"Waiting for {gpus_text(self.plan.gpu_count)}: no node has {self.plan.gpu_count} free "
+            f"({gpus.free} of {gpus.total} GPUs free on the swarm, {others} other "
+            f"request{'s' if others != 1 else ''} waiting)"
+        )
+        if message != last_wait_message:
+            self._report(message)
+        await asyncio.sleep(1.0)
+        return deadline, message
 
     async def _note_placement(self, task: Mapping[str, Any]) -> None:
         self.node = await self._hostname(str(task.get("NodeID", "")))
@@ -809,7 +610,7 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
             self._report(f"Placed on node {self.node}", progress=40)
 
     def _no_node_message(self, err: str) -> str:
-        constraints = self.placement_constraints()
+        constraints = self.plan.constraints
         where = f" (placement: {', '.join(constraints)})" if constraints else ""
         return (
             f"No node of the swarm can run this server{where}: Swarm says {err!r}. "
@@ -822,7 +623,7 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         node = await self._hostname(str(task.get("NodeID", ""))) if task.get("NodeID") else ""
         on = f" on node {node}" if node else ""
         hint = ""
-        if "no longer meets constraints" in str(why) and self.gpu_count:
+        if "no longer meets constraints" in str(why) and self.plan.gpu_count:
             hint = (
                 " (Docker 20.10 rejects GPU tasks when their node is updated, moby/moby#44378;"
                 " see docs/swarm.md)"
@@ -845,48 +646,6 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
             )
         return address, self.port
 
-    async def poll(self) -> int | str | None:
-        try:
-            status: int | str | None = await super().poll()
-        except Exception as e:
-            if not engine_unreachable(e):
-                raise
-            self.log.warning(
-                "Swarm manager not answering; keeping %s as running: %s", self._log_name, e
-            )
-            return None
-        if status is None:
-            reclaimer(self.config).track(self)  # e.g. after a hub restart
-        else:
-            reclaimer(self.config).untrack(self)
-        return status
-
-
-def use_swarm(config: Config, *, network: str) -> None:
-    """Switch a hub configured for the single-host spawner to :class:`GPUSwarmSpawner`.
-
-    Every ``GPUDockerSpawner`` setting that the Swarm spawner has too (profiles, images,
-    quotas, limits, volumes, timeouts, prefix …) is carried over unless ``GPUSwarmSpawner``
-    sets it already; ``network`` is the attachable overlay network of the servers. The result
-    is checked at once, like the single-host settings, so a mistake stops the hub's start
-    with a message that names the option.
-    """
-    from spawner.hub.config import ConfigError
-
-    config.JupyterHub.spawner_class = "gpu-swarm"
-    names = set(GPUSwarmSpawner.class_trait_names(config=True))
-    single_host = config.GPUDockerSpawner
-    swarm = config.GPUSwarmSpawner
-    for name, value in single_host.items():
-        if name in names and name not in NOT_CARRIED_OVER and name not in swarm:
-            swarm[name] = value
-    swarm.network_name = network
-    stand_in = SimpleNamespace(name="config-check", groups=[], url="/user/config-check/")
-    try:
-        GPUSwarmSpawner(config=config, user=stand_in)
-    except (TraitError, ValueError) as e:
-        raise ConfigError(str(e)) from None
-
 
 __all__ = [
     "GPUSwarmSpawner",
@@ -899,5 +658,4 @@ __all__ = [
     "resource_env_var",
     "task_address",
     "unplaced_reason",
-    "use_swarm",
 ]

@@ -224,7 +224,7 @@ def check(obj: Any, table: Table, where: str, allowed: Allowed = DEFAULT) -> lis
         if rule is None:
             problems.append(
                 f"{here}: not on this hub's allow-list of {table.what} settings "
-                "(spawner/hardening.py), so it is not passed to Docker"
+                "(spawner/core/hardening.py), so it is not passed to Docker"
             )
             continue
         problems += rule(value, here, allowed)

@@ -12,13 +12,9 @@ of GPU 0); the inventory maps each of those names onto the one canonical id.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 from spawner.core.devices import ClaimedGPUs, DeviceRequestError, validate_device_id
@@ -188,107 +184,6 @@ class Inventory:
             label = gpu.describe()
             counts[label] = counts.get(label, 0) + 1
         return ", ".join(f"{n} {_TIMES} {label}" for label, n in counts.items())
-
-
-# -- NVML discovery ------------------------------------------------------------------------
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _nvml_error(reason: str) -> InventoryError:
-    return InventoryError(
-        f"NVML: {reason} — is the NVIDIA driver installed and is the hub started with GPU "
-        "access (docker run --gpus all, or a compose service with a GPU reservation)? "
-        "If the hub cannot see the GPUs, set a static gpu_inventory instead"
-    )
-
-
-def _mig_name(nvml: ModuleType, handle: object, parent_name: str) -> str:
-    name = _text(nvml.nvmlDeviceGetName(handle))
-    if "MIG" in name:  # drivers name MIG devices "NVIDIA A100-SXM4-80GB MIG 1g.10gb"
-        return name
-    try:
-        attrs = nvml.nvmlDeviceGetAttributes(handle)
-        # NVIDIA's profile names round the memory up: 40192 MiB is "3g.40gb"
-        profile = f" {attrs.gpuInstanceSliceCount}g.{math.ceil(attrs.memorySizeMB / 1024)}gb"
-    except nvml.NVMLError:
-        profile = ""
-    return f"{parent_name} MIG{profile}"
-
-
-def _mig_devices(nvml: ModuleType, handle: object, parent: GPU) -> list[GPU]:
-    devices: list[GPU] = []
-    not_found = getattr(nvml, "NVML_ERROR_NOT_FOUND", 6)
-    # MIG indexes count the devices found, as go-nvlib (nvidia-ctk's CDI names) numbers them
-    for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
-        try:
-            mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-        except nvml.NVMLError as e:
-            if getattr(e, "value", None) == not_found:
-                continue  # an empty slot
-            raise
-        uuid = _text(nvml.nvmlDeviceGetUUID(mig))
-        devices.append(
-            GPU(
-                id=uuid,
-                index=parent.index,
-                name=_mig_name(nvml, mig, parent.name),
-                memory_mib=int(nvml.nvmlDeviceGetMemoryInfo(mig).total) // MiB,
-                uuid=uuid,
-                parent=parent.id,
-                mig_index=len(devices),
-            )
-        )
-    return devices
-
-
-def _mig_enabled(nvml: ModuleType, handle: object) -> bool:
-    try:
-        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
-    except nvml.NVMLError:  # not a MIG-capable GPU, or a driver without MIG
-        return False
-    return bool(current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1))
-
-
-def discover_nvml() -> Inventory:
-    """Ask the NVIDIA driver (NVML) for every GPU this process can see.
-
-    Each GPU is listed by UUID with its index, name and memory; a GPU in MIG mode is replaced
-    by its MIG devices (id = MIG UUID, ``parent`` = the GPU's UUID). A host without GPUs gives
-    an empty inventory. Any NVML failure raises :class:`InventoryError`.
-    """
-    try:
-        nvml = importlib.import_module("pynvml")  # imported late: a static inventory needs none
-    except ImportError:
-        raise _nvml_error("the nvidia-ml-py package (module pynvml) is not installed") from None
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError as e:
-        raise _nvml_error(str(e)) from None
-    try:
-        gpus: list[GPU] = []
-        for position in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(position)
-            uuid = _text(nvml.nvmlDeviceGetUUID(handle))
-            gpu = GPU(
-                id=uuid,
-                index=int(nvml.nvmlDeviceGetIndex(handle)),
-                name=_text(nvml.nvmlDeviceGetName(handle)),
-                memory_mib=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // MiB,
-                uuid=uuid,
-            )
-            if _mig_enabled(nvml, handle):
-                gpus.extend(_mig_devices(nvml, handle, gpu))
-            else:
-                gpus.append(gpu)
-        return Inventory(gpus)
-    except nvml.NVMLError as e:
-        raise _nvml_error(str(e)) from None
-    finally:
-        with contextlib.suppress(nvml.NVMLError):
-            nvml.nvmlShutdown()
 
 
 # -- static inventories --------------------------------------------------------------------
@@ -520,6 +415,5 @@ __all__ = [
     "STATIC_KEYS",
     "Inventory",
     "InventoryError",
-    "discover_nvml",
     "parse_static_inventory",
 ]

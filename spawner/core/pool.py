@@ -67,6 +67,28 @@ class Quota:
     group_limits: dict[str, int] = field(default_factory=dict)
 
 
+def enforce_quota(
+    count: int,
+    quota: Quota,
+    *,
+    user_held: int,
+    groups: Collection[str],
+    group_held: Callable[[str], int],
+) -> None:
+    """The one quota rule of both backends: raise QuotaExceeded if ``count`` more GPUs would
+    put the user (``user_held`` now) or one of their ``groups`` (``group_held(group)`` now)
+    over its limit."""
+    if count <= 0:
+        return
+    check_quota(
+        requested=count, held=user_held, limit=quota.user_limit, scope=quota.user_limit_source
+    )
+    for group in sorted(set(groups) & set(quota.group_limits)):
+        held, limit = group_held(group), quota.group_limits[group]
+        if held + count > limit:
+            raise GroupQuotaExceeded(count, held, limit, f"group '{group}'")
+
+
 @dataclass
 class _Ticket:
     holder: str
@@ -251,20 +273,13 @@ class GPUPool:
 
     def check_quota(self, user: str, groups: Collection[str], count: int, quota: Quota) -> None:
         """Raise QuotaExceeded if ``count`` more GPUs would put the user or a group over."""
-        if count <= 0:
-            return
-        check_quota(
-            requested=count,
-            held=self.held_by_user(user),
-            limit=quota.user_limit,
-            scope=quota.user_limit_source,
+        enforce_quota(
+            count,
+            quota,
+            user_held=self.held_by_user(user),
+            groups=groups,
+            group_held=self.held_by_group,
         )
-        for group in sorted(set(groups) & set(quota.group_limits)):
-            held, limit = self.held_by_group(group), quota.group_limits[group]
-            if held + count > limit:
-                raise GroupQuotaExceeded(count, held, limit, f"group '{group}'")
-
-    # -- claim and release ----------------------------------------------------------------
 
     def queue_position(self, holder: str) -> int | None:
         for position, ticket in enumerate(self._queue):

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -508,6 +508,19 @@ def resolve_user_options(profiles_visible: Sequence[Profile], options: object) -
     raise UserOptionsError(f"unknown profile '{wanted}'; choose one of: {choices}")
 
 
+def asks_for_gpus(raw_profiles: Iterable[Any]) -> bool:
+    """Whether any of the configured (raw, unchecked) profiles asks for GPUs."""
+    for raw in raw_profiles:
+        if not isinstance(raw, dict):
+            continue
+        try:
+            if int(raw.get("gpus", 0) or 0) > 0:
+                return True
+        except (TypeError, ValueError):
+            continue  # parse_profiles names the mistake
+    return False
+
+
 __all__ = [
     "ALLOWED_KEYS",
     "DEFAULT_PROFILES",
@@ -516,6 +529,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "UserOptionsError",
+    "asks_for_gpus",
     "default_profile",
     "default_profiles_for",
     "derived_limits",

@@ -22,28 +22,24 @@ from typing import Any
 from traitlets import TraitError
 from traitlets.config import Config
 
-from spawner.backends.base import LABEL_HUB_INSTANCE, LABEL_PREFIX_NAME
+from spawner.core.errors import ConfigError as ConfigError  # re-exported for configs
 from spawner.core.hardening import host_path_problem
-from spawner.core.inventory import InventoryError, discover_nvml, parse_static_inventory
+from spawner.core.inventory import InventoryError
+from spawner.core.labels import LABEL_HUB_INSTANCE, LABEL_PREFIX_NAME
 from spawner.core.profiles import (
     HostResources,
     Profile,
     ProfileError,
+    asks_for_gpus,
     default_profiles_for,
     load_profiles_file,
     parse_profiles,
     unlimited_profile_warnings,
 )
 from spawner.core.sizes import SizeError, format_size, parse_size
+from spawner.runtime.gpus import resolve_inventory, uses_nvml
 
 log = logging.getLogger("gpu-workspaces")
-
-
-class ConfigError(SystemExit):
-    """Ends the hub's start with a message for the admin (no traceback)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"\n[gpu-workspaces] configuration error:\n{message}\n")
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -127,16 +123,12 @@ def profiles_from_env(
     path = env_str(name)
     if not path:
         total: int | None = None
-        if inventory not in ("", []):
-            try:
-                total = len(parse_static_inventory(inventory, option="GPUWS_GPU_INVENTORY"))
-            except InventoryError as e:
+        try:
+            total = len(resolve_inventory(inventory, option="GPUWS_GPU_INVENTORY"))
+        except InventoryError as e:
+            if not uses_nvml(inventory):
                 raise ConfigError(str(e)) from None
-        else:
-            try:
-                total = len(discover_nvml())
-            except InventoryError:
-                total = None  # the start-up check prints the preflight warning
+            total = None  # NVML cannot see GPUs: the start-up check prints the preflight warning
         host = host or docker_host_resources()
         profiles = default_profiles_for(total, host, memory=env_size("GPUWS_MEM_LIMIT") is None)
         if host is not None:
@@ -430,10 +422,28 @@ def warn_unlimited_profiles(profiles: Sequence[Profile], probe: Any) -> None:
             print(f"[gpu-workspaces] warning: {line}", file=sys.stderr)
 
 
-def _configured_spawner_class(config: Config) -> type:
+#: How a config names the Swarm spawner (entry point, class path, the old class path).
+SWARM_CLASS_NAMES = (
+    "gpu-swarm",
+    "spawner.backends.swarm.GPUSwarmSpawner",
+    "spawner.swarm_spawner.GPUSwarmSpawner",
+)
+
+
+def stand_in_user(name: str) -> SimpleNamespace:
+    """A user for a spawner built outside any request (config checks, start-up): spawners
+    render names from their user, and this one is enough to run the validators."""
+    return SimpleNamespace(name=name, groups=[], url=f"/user/{name}/")
+
+
+def configured_spawner_class(config: Config) -> type:
     """The GPU spawner class the config chose (``gpu-swarm`` after ``use_swarm``)."""
     chosen = str(config.JupyterHub.get("spawner_class", "") or "")
-    if chosen in ("gpu-swarm", "spawner.backends.swarm.GPUSwarmSpawner"):
+    if chosen in (
+        "gpu-swarm",
+        "spawner.backends.swarm.GPUSwarmSpawner",
+        "spawner.swarm_spawner.GPUSwarmSpawner",
+    ):
         from spawner.backends.swarm import GPUSwarmSpawner
 
         return GPUSwarmSpawner
@@ -450,11 +460,9 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
     still starts (CPU profiles work) with a warning; GPU profiles are refused at spawn time.
     """
     if spawner_class is None:
-        spawner_class = _configured_spawner_class(config)
-    # Spawners render names from their user; a stand-in is enough to run the validators.
-    stand_in_user = SimpleNamespace(name="config-check", groups=[], url="/user/config-check/")
+        spawner_class = configured_spawner_class(config)
     try:
-        probe = spawner_class(config=config, user=stand_in_user)
+        probe = spawner_class(config=config, user=stand_in_user("config-check"))
         # again with the engine's own data root (docker info), which the spawner built for
         # each user only knows once it has been read
         probe.check_refused_settings(read_engine=True)
@@ -465,17 +473,12 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
     total: int | None = None
     # A swarm has no inventory (Swarm counts the GPUs): its profiles are checked without one.
     inventory = getattr(probe, "gpu_inventory", None)
-    if inventory is None:
-        pass  # the profiles are checked below, without a GPU total
-    elif inventory not in ([], ""):
+    if inventory is not None and (not uses_nvml(inventory) or asks_for_gpus(probe.profiles)):
         try:
-            total = len(parse_static_inventory(inventory, option="gpu_inventory"))
+            total = len(resolve_inventory(inventory, option="gpu_inventory"))
         except InventoryError as e:
-            raise ConfigError(str(e)) from None
-    elif any(int(p.get("gpus", 0) or 0) for p in probe.profiles if isinstance(p, dict)):
-        try:
-            total = len(discover_nvml())
-        except InventoryError as e:
+            if not uses_nvml(inventory):
+                raise ConfigError(str(e)) from None
             print(
                 f"[gpu-workspaces] preflight: GPU profiles cannot be served: {e}\n"
                 "  CPU profiles work; GPU profiles are refused with a message until the hub "
@@ -490,3 +493,32 @@ def check_spawner_config(config: Config, spawner_class: type | None = None) -> N
         except ProfileError as e:
             raise ConfigError(str(e)) from None
         warn_unlimited_profiles(parsed, probe)
+
+
+#: Settings of a single-host configuration that :func:`use_swarm` does not carry over.
+NOT_CARRIED_OVER = frozenset({"network_name", "pull_policy", "use_internal_ip", "host_ip"})
+
+
+def use_swarm(config: Config, *, network: str) -> None:
+    """Switch a hub configured for the single-host spawner to ``GPUSwarmSpawner``.
+
+    Every ``GPUDockerSpawner`` setting that the Swarm spawner has too (profiles, images,
+    quotas, limits, volumes, timeouts, prefix …) is carried over unless ``GPUSwarmSpawner``
+    sets it already; ``network`` is the attachable overlay network of the servers. The result
+    is checked at once, like the single-host settings, so a mistake stops the hub's start
+    with a message that names the option.
+    """
+    from spawner.backends.swarm import GPUSwarmSpawner
+
+    config.JupyterHub.spawner_class = "gpu-swarm"
+    names = set(GPUSwarmSpawner.class_trait_names(config=True))
+    single_host = config.GPUDockerSpawner
+    swarm = config.GPUSwarmSpawner
+    for name, value in single_host.items():
+        if name in names and name not in NOT_CARRIED_OVER and name not in swarm:
+            swarm[name] = value
+    swarm.network_name = network
+    try:
+        GPUSwarmSpawner(config=config, user=stand_in_user("config-check"))
+    except (TraitError, ValueError) as e:
+        raise ConfigError(str(e)) from None

@@ -1,7 +1,8 @@
 """The admin GPU dashboard: ``/hub/gpus`` (a page) and ``/hub/api/gpus`` (the same as JSON).
 
 Served by the hub itself (``c.JupyterHub.extra_handlers = dashboard.handlers()``), because
-the GPU pool lives in the hub process. Only holders of the ``admin:servers`` scope (admin
+the GPU sources live in the hub process's runtime: a single-host pool, or a swarm's nodes.
+Only holders of the ``admin:servers`` scope (admin
 users, or a service token with that scope) see it; everyone else gets 403.
 
 The page draws one card per GPU (free, held, or held by a container outside the hub) with
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +24,12 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.handlers.base import BaseHandler
 from tornado import web
 
-from spawner.core.pool import GPUPool, GPUView, PoolView, Waiting
-from spawner.hub.reclaim import SAMPLER, GPUSample, reclaimer
+from spawner.backends.errors import docker_trouble
+from spawner.core.idle import Decision
+from spawner.core.pool import GPUView, PoolView, Waiting
+from spawner.hub.reclaim import reclaimer_for
+from spawner.runtime.nvml import GPUSample, GPUSampler
+from spawner.runtime.runtime import GPUSource, get_runtime
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "templates")
 TEMPLATE = "gpu_dashboard.html.j2"
@@ -122,9 +127,7 @@ def dashboard_data(
 
 def docker_unavailable(error: BaseException) -> web.HTTPError | None:
     """The 503 the page and the JSON answer when Docker cannot say who holds which GPU; None
-    for any other error (see :func:`spawner.backends.docker.docker_trouble`)."""
-    from spawner.backends.docker import docker_trouble
-
+    for any other error (the one table: :func:`spawner.backends.errors.docker_trouble`)."""
     return docker_trouble(
         error, cannot="the GPU dashboard cannot tell who holds which GPU", asked="the GPU dashboard"
     )
@@ -137,25 +140,27 @@ class _DashboardMixin:
         if REQUIRED_SCOPE not in self.expanded_scopes:
             raise web.HTTPError(403, "The GPU dashboard is for hub admins only.")
 
-    async def _pools(self: Any) -> list[GPUPool]:
-        from spawner.backends.docker import _POOLS  # the hub's pools; the hub imported it already
-
-        if not _POOLS and self.current_user is not None and hasattr(self.current_user, "spawners"):
-            # the pool is prepared at hub start; a hub without that makes it on first look
+    async def _sources(self: Any) -> list[GPUSource]:
+        """The hub's GPU sources (a single-host pool, a swarm's nodes), from its runtime."""
+        runtime = get_runtime()
+        if (runtime is None or not runtime.sources) and self.current_user is not None:
+            # prepared at hub start; a hub without that makes it on first look
             spawner = self.current_user.spawners[""]
-            if hasattr(spawner, "gpu_pool"):
+            if hasattr(spawner, "prepare_gpu_source"):
                 try:
-                    await spawner.gpu_pool()
+                    await spawner.prepare_gpu_source()
                 except Exception as e:
                     if answer := docker_unavailable(e):
                         raise answer from None
-                    self.log.warning("GPU dashboard: no GPU pool (%s)", e)
-        return list(_POOLS.values())
+                    self.log.warning("GPU dashboard: no GPU source (%s)", e)
+            runtime = get_runtime()
+        return list(runtime.sources.values()) if runtime is not None else []
 
-    def _activity(self: Any, view: PoolView) -> dict[tuple[str, str], dict[str, Any]]:
+    def _activity(
+        self: Any, view: PoolView, decisions: Mapping[tuple[str, str], Decision]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
         """Last activity of each holder's server, and what the reclaimer last decided."""
         now = time.time()
-        decisions = reclaimer(self.config).last_decisions
         result: dict[tuple[str, str], dict[str, Any]] = {}
         for gpu in view.gpus:
             holding = gpu.holding
@@ -176,21 +181,23 @@ class _DashboardMixin:
 
     async def gpu_data(self: Any) -> dict[str, Any]:
         views = []
-        for pool in await self._pools():
+        for source in await self._sources():
             try:
-                await pool.refresh()
+                await source.refresh()
             except Exception as e:
                 answer = docker_unavailable(e)
                 if answer is None:
                     raise
                 raise answer from None
-            views.append(pool.view())
+            views.append(source.view())
         ids = [g.gpu.id for view in views for g in view.gpus]
-        samples = await SAMPLER.sample(ids)
+        runtime = get_runtime()
+        sampler = runtime.sampler if runtime is not None else GPUSampler()
+        samples = await sampler.sample(ids)
+        r = reclaimer_for(self.config)
         activity: dict[tuple[str, str], dict[str, Any]] = {}
         for view in views:
-            activity.update(self._activity(view))
-        r = reclaimer(self.config)
+            activity.update(self._activity(view, r.last_decisions))
         settings = {
             "idle_timeout": r.idle_timeout,
             "gpu_idle_timeout": r.gpu_idle_timeout,

@@ -29,7 +29,6 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 from typing import Any
 
 from traitlets import TraitError
@@ -259,11 +258,11 @@ class Doctor:
                 )
             )
             return
-        from spawner.backends.docker import GPUDockerSpawner
+        from spawner.hub.config import configured_spawner_class, stand_in_user
 
-        stand_in = SimpleNamespace(name="doctor", groups=[], url="/user/doctor/")
         try:
-            self.spawner = GPUDockerSpawner(config=self.config, user=stand_in)
+            spawner_class = configured_spawner_class(self.config)
+            self.spawner = spawner_class(config=self.config, user=stand_in_user("doctor"))
         except (TraitError, ValueError) as e:
             self.add(
                 Row("config", FAIL, f"spawner options: {_short(e)}", "Correct the option named.")
@@ -308,9 +307,10 @@ class Doctor:
         spawner = self.spawner
         if spawner is None:
             return False
-        profiles = [p for p in spawner.profiles if isinstance(p, dict)]
+        from spawner.core.profiles import asks_for_gpus
+
         return bool(
-            any(int(p.get("gpus", 0) or 0) > 0 for p in profiles)
+            asks_for_gpus(spawner.profiles)
             or spawner.gpu_count
             or spawner.gpu_device_ids
             or spawner.all_gpus
@@ -320,15 +320,16 @@ class Doctor:
         if self.spawner is None:
             self.add(Row("gpu inventory", SKIP, "needs the configuration"))
             return
-        from spawner.core.inventory import InventoryError, discover_nvml, parse_static_inventory
+        from spawner.core.inventory import InventoryError
+        from spawner.runtime.gpus import resolve_inventory, uses_nvml
 
+        if not hasattr(self.spawner, "gpu_inventory"):
+            self.check_swarm_gpus()
+            return
         value = self.spawner.gpu_inventory
-        static = value not in ([], "")
+        static = not uses_nvml(value)
         try:
-            if static:
-                self.inventory = parse_static_inventory(value, option="gpu_inventory")
-            else:
-                self.inventory = discover_nvml()
+            self.inventory = resolve_inventory(value, option="gpu_inventory")
         except InventoryError as e:
             status = FAIL if self._wants_gpus() else WARN
             self.add(
@@ -360,6 +361,35 @@ class Doctor:
             )
             return
         self.add(Row("gpu inventory", OK, detail))
+
+    def check_swarm_gpus(self) -> None:
+        """On a swarm: the GPUs the nodes advertise, as the hub's spawn form counts them."""
+        import asyncio
+
+        try:
+            gpus = asyncio.run(self.spawner.swarm_gpus())
+        except Exception as e:
+            self.add(
+                Row(
+                    "gpu inventory",
+                    FAIL if self._wants_gpus() else WARN,
+                    f"the Swarm manager does not list its nodes' GPUs: {_short(e)}",
+                    "Run the doctor on a manager node; docs/swarm.md: GPUs as generic resources.",
+                )
+            )
+            return
+        kind = self.spawner.gpu_resource_kind
+        if gpus.total == 0 and self._wants_gpus():
+            self.add(
+                Row(
+                    "gpu inventory",
+                    FAIL,
+                    gpus.summary(kind) + ", but GPU profiles are configured",
+                    "Advertise the GPUs in each node's node-generic-resources (docs/swarm.md).",
+                )
+            )
+            return
+        self.add(Row("gpu inventory", OK, f"swarm: {gpus.summary(kind)}"))
 
     def _images(self) -> dict[str, list[str]]:
         """Each image the hub may start, with the profiles that use it."""
@@ -420,6 +450,9 @@ class Doctor:
         if not self._wants_gpus():
             self.add(Row("nvidia driver", SKIP, "no GPU profiles configured"))
             return
+        if not hasattr(self.spawner, "gpu_mechanism"):
+            self.add(Row("nvidia driver", SKIP, "swarm: each node's NVIDIA runtime hands out GPUs"))
+            return
         image = self._probe_image()
         if image is None:
             self.add(
@@ -477,13 +510,15 @@ class Doctor:
             return
         from spawner.core.profiles import ProfileError, parse_profiles
 
-        if not self.spawner.core.profiles:
+        if not self.spawner.profiles:
             self.add(Row("profiles", OK, "none: one static workspace, no form"))
             return
         total = len(self.inventory) if self.inventory is not None else None
         try:
             profiles = parse_profiles(
-                self.spawner.profiles, total_gpus=total, option="GPUDockerSpawner.profiles"
+                self.spawner.profiles,
+                total_gpus=total,
+                option=f"{type(self.spawner).__name__}.profiles",
             )
         except ProfileError as e:
             self.add(
@@ -538,21 +573,7 @@ class Doctor:
                 )
             )
             return
-        static = self.spawner is not None and self.spawner.gpu_inventory not in ([], "")
-        rule = "off"
-        if r.require_no_gpu_utilization:
-            if static:
-                rule = "on, but the inventory is static (no NVML): activity alone decides"
-            elif self.inventory is None:
-                rule = "on, but NVML does not answer: activity alone decides"
-            else:
-                rule = "on (NVML)"
-
-        def minutes(seconds: float) -> str:
-            if not seconds:
-                return "never"
-            return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
-
+        rule = self._utilisation_rule(r.require_no_gpu_utilization)
         self.add(
             Row(
                 "idle reclaim",
@@ -562,6 +583,24 @@ class Doctor:
                 f"{'' if culler else ' not configured'}); GPU utilisation rule {rule}",
             )
         )
+
+    def _utilisation_rule(self, required: bool) -> str:
+        from spawner.runtime.gpus import uses_nvml
+
+        if not required:
+            return "off"
+        if self.spawner is not None and not uses_nvml(getattr(self.spawner, "gpu_inventory", [])):
+            return "on, but the inventory is static (no NVML): activity alone decides"
+        if self.inventory is None:
+            return "on, but NVML does not answer: activity alone decides"
+        return "on (NVML)"
+
+
+def minutes(seconds: float) -> str:
+    """A timeout as an admin reads it: "never", "30 min", "2 h"."""
+    if not seconds:
+        return "never"
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
 def supported_mechanisms(info: dict[str, Any], driver_ok: bool) -> list[str]:

@@ -28,7 +28,8 @@ from traitlets import Bool, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from spawner.core import egress
-from spawner.hub.config import ConfigError, env_bool, env_list, env_number, env_str
+from spawner.core.errors import ConfigError
+from spawner.hub.config import env_bool, env_list, env_number, env_str
 
 HUB_ROLE_LABEL = "io.gpu-workspaces.role"
 log = logging.getLogger("gpuws.netguard")

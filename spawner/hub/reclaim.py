@@ -5,8 +5,8 @@ Two parts work together (docs/operations.md, "Idle reclaim"):
 - **jupyterhub-idle-culler**, a hub-managed service (:func:`idle_culler_service`), stops any
   server idle for longer than ``GPUReclaimer.idle_timeout`` (the CPU timeout), through the
   REST API with only the scopes it needs.
-- **GPUReclaimer**, in the hub process next to the GPU pool, checks every running server each
-  ``check_interval`` seconds:
+- **GPUReclaimer**, in the hub process next to the GPU pool, checks every running server of
+  the hub runtime's registry each ``check_interval`` seconds:
 
   1. a server with a busy kernel (a cell still executing, e.g. a training loop) is active:
      its ``last_activity`` is set to now, so neither it nor the idle culler ever takes it for
@@ -14,32 +14,34 @@ Two parts work together (docs/operations.md, "Idle reclaim"):
   2. with ``require_no_gpu_utilization`` and GPUs discovered through NVML, a server whose GPUs
      show utilisation is active the same way (with a static inventory there is no NVML, so
      activity alone decides);
-  3. a GPU server idle for ``gpu_idle_timeout`` (shorter than the CPU timeout) is stopped the
-     way the REST API stops it; its GPUs go back to the pool at once and the next spawn in
-     the queue gets them.
+  3. a GPU server idle for ``gpu_idle_timeout`` (shorter than the CPU timeout) is stopped;
+     its GPUs go back to the pool at once and the next spawn in the queue gets them.
 
-The decision is the pure function :func:`decide`; the loop only gathers what it needs.
+The decision is the pure function :func:`~spawner.core.idle.decide`; the loop only gathers
+what it needs and acts as the service ``gpu-reclaimer`` through the hub's public REST API
+(``POST /users/{name}/activity``, ``DELETE /users/{name}/server``), with a role holding only
+:data:`RECLAIMER_SCOPES`, as jupyterhub-idle-culler does. It never writes the hub's database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import sys
-import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from types import ModuleType, SimpleNamespace
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Bool, Float, Int, TraitError
+from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Config, LoggingConfigurable
 
+from spawner.core.idle import Decision, Observed, decide, kernels_busy, utcnow
 from spawner.runtime import metrics
+from spawner.runtime.nvml import GPUSample, GPUSampler
+from spawner.runtime.runtime import HubRuntime, get_runtime
 
 #: Scopes jupyterhub-idle-culler needs to stop idle servers, and nothing more.
 IDLE_CULLER_SCOPES: tuple[str, ...] = (
@@ -50,151 +52,16 @@ IDLE_CULLER_SCOPES: tuple[str, ...] = (
 )
 IDLE_CULLER_NAME = "idle-culler"
 
+#: Scopes the GPU reclaimer needs: ``POST /users/{name}/activity`` needs ``users:activity``,
+#: ``DELETE /users/{name}/server`` and ``/servers/{name}`` need ``delete:servers``.
+RECLAIMER_SCOPES: tuple[str, ...] = ("users:activity", "delete:servers")
+RECLAIMER_NAME = "gpu-reclaimer"
 
-def utcnow() -> datetime:
-    """Now, as JupyterHub stores times in its database: UTC without tzinfo."""
-    return datetime.now(UTC).replace(tzinfo=None)
+#: Seconds one REST call may take: a DELETE waits for the stop up to JupyterHub's
+#: slow_stop_timeout (10 s by default) before it answers 202.
+API_TIMEOUT = 60.0
 
-
-# -- the decision ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the reclaimer saw of one running server.
-
-    ``busy``: a kernel is executing (None: the server did not say). ``utilization``: percent
-    per GPU id, None where unknown (no NVML, MIG device, or a static inventory).
-    """
-
-    last_activity: datetime | None
-    busy: bool | None
-    holds_gpus: bool
-    utilization: Mapping[str, int | None]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """``keep``: leave it; ``active``: record activity now; ``reclaim``: stop it."""
-
-    action: str
-    reason: str
-    idle_seconds: float
-
-
-def gpus_in_use(utilization: Mapping[str, int | None], threshold: int) -> list[str]:
-    """GPU ids whose sampled utilisation is at or above ``threshold`` percent."""
-    return sorted(i for i, u in utilization.items() if u is not None and u >= threshold)
-
-
-def decide(
-    observed: Observed,
-    *,
-    now: datetime,
-    gpu_idle_timeout: float,
-    require_no_gpu_utilization: bool,
-    utilization_threshold: int,
-) -> Decision:
-    """Whether a running server is active, may stay, or is reclaimed as idle.
-
-    A busy kernel always wins: a running training job is never taken for idle. A server that
-    did not say whether a kernel is busy is left alone (the idle culler remains the backstop).
-    """
-    last = observed.last_activity
-    idle = max((now - last).total_seconds(), 0.0) if last is not None else 0.0
-    if observed.busy:
-        return Decision("active", "a kernel is busy", 0.0)
-    if observed.holds_gpus and require_no_gpu_utilization:
-        used = gpus_in_use(observed.utilization, utilization_threshold)
-        if used:
-            return Decision("active", f"GPU {', '.join(used)} in use", 0.0)
-    if not observed.holds_gpus or gpu_idle_timeout <= 0:
-        return Decision("keep", "not a GPU server" if not observed.holds_gpus else "off", idle)
-    if observed.busy is None:
-        return Decision("keep", "kernel state unknown", idle)
-    if last is None or idle < gpu_idle_timeout:
-        return Decision("keep", "recently active", idle)
-    return Decision("reclaim", f"idle for {idle:.0f} s (limit {gpu_idle_timeout:g} s)", idle)
-
-
-def kernels_busy(kernels: Any) -> bool | None:
-    """From a jupyter-server ``GET /api/kernels`` answer: is any kernel executing?"""
-    if not isinstance(kernels, list):
-        return None
-    return any(isinstance(k, dict) and k.get("execution_state") == "busy" for k in kernels)
-
-
-# -- GPU utilisation through NVML -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GPUSample:
-    """One GPU as NVML sees it right now; None where NVML cannot tell."""
-
-    utilization: int | None = None
-    memory_used_mib: int | None = None
-
-
-def _load_nvml() -> ModuleType | None:
-    try:
-        return importlib.import_module("pynvml")
-    except ImportError:
-        return None
-
-
-def sample_gpus(ids: Collection[str], nvml: ModuleType | None = None) -> dict[str, GPUSample]:
-    """Utilisation and memory in use of GPUs named by UUID or index (MIG devices: unknown).
-
-    Never raises: a host without NVML, or a GPU NVML does not know, gives empty samples.
-    """
-    samples = {gpu_id: GPUSample() for gpu_id in ids}
-    nvml = nvml if nvml is not None else _load_nvml()
-    if nvml is None or not samples:
-        return samples
-    try:
-        nvml.nvmlInit()
-    except Exception:
-        return samples
-    try:
-        for gpu_id in samples:
-            try:
-                if gpu_id.isdigit():
-                    handle = nvml.nvmlDeviceGetHandleByIndex(int(gpu_id))
-                elif gpu_id.startswith("GPU-"):
-                    handle = nvml.nvmlDeviceGetHandleByUUID(gpu_id)
-                else:
-                    continue  # MIG devices have no utilisation counter of their own
-                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
-                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-                samples[gpu_id] = GPUSample(int(rates.gpu), int(memory.used) // (1024 * 1024))
-            except Exception:
-                continue
-    finally:
-        with contextlib.suppress(Exception):
-            nvml.nvmlShutdown()
-    return samples
-
-
-class GPUSampler:
-    """NVML samples, cached for ``ttl`` seconds (the dashboard refreshes every few seconds)."""
-
-    def __init__(self, ttl: float = 2.0, sample: Callable[..., dict[str, GPUSample]] = sample_gpus):
-        self.ttl = ttl
-        self._sample = sample
-        self._cache: dict[str, tuple[float, GPUSample]] = {}
-
-    async def sample(self, ids: Collection[str]) -> dict[str, GPUSample]:
-        now = time.monotonic()
-        stale = [i for i in ids if i not in self._cache or now - self._cache[i][0] > self.ttl]
-        if stale:
-            loop = asyncio.get_running_loop()
-            fresh = await loop.run_in_executor(None, self._sample, stale)
-            for gpu_id, sample in fresh.items():
-                self._cache[gpu_id] = (now, sample)
-        return {i: self._cache[i][1] for i in ids if i in self._cache}
-
-
-SAMPLER = GPUSampler()
+Server = tuple[tuple[str, str], Any]  # ((user, server name), spawner)
 
 
 # -- the reclaimer in the hub ---------------------------------------------------------------
@@ -245,14 +112,46 @@ class GPUReclaimer(LoggingConfigurable):
         config=True,
         help="Seconds to wait for a server to list its kernels before leaving it alone.",
     )
+    api_token = Unicode(
+        "",
+        config=True,
+        help="""API token of the hub service ``gpu-reclaimer``, whose role holds only
+        ``users:activity`` and ``delete:servers``: the reclaimer records activity and stops
+        servers with it through the hub's REST API. jupyterhub_config.py makes it once and
+        keeps it in the state directory. Empty: the reclaimer only observes.""",
+    )
+    api_url = Unicode(
+        "",
+        config=True,
+        help="""The hub's REST API, e.g. ``http://127.0.0.1:8081/hub/api``, as the hub process
+        reaches it. Empty: the API URL JupyterHub gives its spawners (``hub.api_url``).""",
+    )
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, runtime: HubRuntime | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.check_consistency()
-        self._servers: dict[tuple[str, str], Any] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._sampler = SAMPLER
+        self._runtime = runtime
+        self._sampler = runtime.sampler if runtime is not None else GPUSampler()
+        self._task: asyncio.Future[None] | None = None
+        self._warned_no_token = False
         self.last_decisions: dict[tuple[str, str], Decision] = {}
+
+    @validate("api_url")
+    def _valid_api_url(self, proposal: Any) -> str:
+        url = str(proposal.value).strip().rstrip("/")
+        if url and not url.startswith(("http://", "https://")):
+            raise TraitError(
+                f"{self.__class__.__name__}.api_url must be an http:// or https:// URL such as "
+                f"http://127.0.0.1:8081/hub/api, or empty for the hub's own; got {url!r}"
+            )
+        return url
+
+    @validate("api_token")
+    def _valid_api_token(self, proposal: Any) -> str:
+        token = str(proposal.value).strip()
+        if any(ch.isspace() for ch in token):
+            raise TraitError(f"{self.__class__.__name__}.api_token must not contain spaces")
+        return token
 
     def check_consistency(self) -> None:
         """Refuse settings that contradict each other, naming the options."""
@@ -276,24 +175,14 @@ class GPUReclaimer(LoggingConfigurable):
     def enabled(self) -> bool:
         return bool(self.idle_timeout or self.gpu_idle_timeout)
 
-    # -- which servers --------------------------------------------------------------------
-
-    def track(self, spawner: Any) -> None:
-        """A server is running: check it from now on (starts the loop on first use)."""
-        if not self.enabled:
-            return
-        self._servers[(spawner.user.name, spawner.name)] = spawner
-        self.start()
-
-    def untrack(self, spawner: Any) -> None:
-        key = (spawner.user.name, spawner.name)
-        if self._servers.get(key) is spawner:
-            del self._servers[key]
-        self.last_decisions.pop(key, None)
+    # -- the loop -------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the checks (the runtime calls this when its first server is tracked)."""
+        if not self.enabled or self._runtime is None:
+            return
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = self._runtime.spawn(self._run())
 
     async def _run(self) -> None:
         while True:
@@ -305,42 +194,56 @@ class GPUReclaimer(LoggingConfigurable):
                     "GPU reclaimer: check failed; trying again in %gs", self.check_interval
                 )
 
+    def _running(self) -> list[Server]:
+        if self._runtime is None:
+            return []
+        return [(key, s) for key, s in self._runtime.servers.running() if s.ready]
+
     # -- one round ------------------------------------------------------------------------
 
     async def check_once(self) -> list[str]:
         """Check every running server once; returns the servers it stopped."""
-        servers = [(k, s) for k, s in self._servers.items() if s.ready]
+        servers = self._running()
         if not servers:
+            self.last_decisions = {}
             return []
         gpu_ids = sorted({g for _, s in servers for g in (getattr(s, "gpu_ids", None) or [])})
         samples: Mapping[str, GPUSample] = {}
         if self.require_no_gpu_utilization and gpu_ids and _nvml_inventory(servers[0][1]):
             samples = await self._sampler.sample(gpu_ids)
         busy = await asyncio.gather(*(self._kernels_busy(s) for _, s in servers))
-        reclaimed = []
         now = utcnow()
-        for (key, spawner), is_busy in zip(servers, busy, strict=True):
-            ids = list(getattr(spawner, "gpu_ids", None) or [])
-            observed = Observed(
-                last_activity=spawner.orm_spawner.last_activity,
-                busy=is_busy,
-                holds_gpus=bool(ids),
-                utilization={i: samples[i].utilization if i in samples else None for i in ids},
-            )
-            decision = decide(
-                observed,
-                now=now,
-                gpu_idle_timeout=self.gpu_idle_timeout,
-                require_no_gpu_utilization=self.require_no_gpu_utilization,
-                utilization_threshold=self.utilization_threshold,
-            )
-            self.last_decisions[key] = decision
-            if decision.action == "active":
-                self._record_activity(spawner, now)
-            elif decision.action == "reclaim" and spawner.ready:
-                await self._reclaim(spawner, decision, ids)
-                reclaimed.append(spawner._log_name)
-        return reclaimed
+        decisions = {
+            key: self._decide(spawner, is_busy, samples, now)
+            for (key, spawner), is_busy in zip(servers, busy, strict=True)
+        }
+        self.last_decisions = decisions
+        active = [(k, s) for k, s in servers if decisions[k].action == "active"]
+        # still ready: a server stopped while its kernels were asked about is not counted
+        idle = [(k, s) for k, s in servers if decisions[k].action == "reclaim" and s.ready]
+        results = await asyncio.gather(
+            self._record_activity(active, now),
+            *(self._reclaim(key, spawner, decisions[key]) for key, spawner in idle),
+        )
+        return [str(name) for name in results[1:] if name]
+
+    def _decide(
+        self, spawner: Any, busy: bool | None, samples: Mapping[str, GPUSample], now: datetime
+    ) -> Decision:
+        ids = list(getattr(spawner, "gpu_ids", None) or [])
+        observed = Observed(
+            last_activity=spawner.orm_spawner.last_activity,  # read only
+            busy=busy,
+            holds_gpus=bool(ids),
+            utilization={i: samples[i].utilization if i in samples else None for i in ids},
+        )
+        return decide(
+            observed,
+            now=now,
+            gpu_idle_timeout=self.gpu_idle_timeout,
+            require_no_gpu_utilization=self.require_no_gpu_utilization,
+            utilization_threshold=self.utilization_threshold,
+        )
 
     async def _kernels_busy(self, spawner: Any) -> bool | None:
         server = spawner.server
@@ -361,42 +264,98 @@ class GPUReclaimer(LoggingConfigurable):
             self.log.debug("GPU reclaimer: %s did not list its kernels: %s", spawner._log_name, e)
             return None
 
-    def _record_activity(self, spawner: Any, now: datetime) -> None:
-        """Busy kernel / GPU in use: the server was active now (the idle culler sees it too)."""
-        orm_spawner = spawner.orm_spawner
-        if orm_spawner.last_activity is None or orm_spawner.last_activity < now:
-            orm_spawner.last_activity = now
-        orm_user = getattr(spawner.user, "orm_user", None)
-        if orm_user is not None:
-            orm_user.last_activity = max(orm_user.last_activity or now, now)
-        spawner.user.db.commit()
+    # -- acting through the REST API --------------------------------------------------------
 
-    async def _reclaim(self, spawner: Any, decision: Decision, ids: list[str]) -> None:
-        """Stop the server as the REST API does: proxy route first, then the server."""
-        user = spawner.user
+    async def _record_activity(self, servers: list[Server], now: datetime) -> None:
+        """Busy kernel / GPU in use: the server was active now; one POST per user, as the
+        servers' own activity reports are (the idle culler sees it too)."""
+        stamp = now.isoformat() + "Z"
+        by_user: dict[str, list[Any]] = {}
+        for (user, name), spawner in servers:
+            by_user.setdefault(user, []).append((name, spawner))
+        calls = []
+        for user, named in by_user.items():
+            body = {
+                "last_activity": stamp,
+                "servers": {n: {"last_activity": stamp} for n, _ in named},
+            }
+            path = f"/users/{quote(user, safe='')}/activity"
+            calls.append(self._call("POST", named[0][1], path, body, f"record activity of {user}"))
+        await asyncio.gather(*calls)
+
+    async def _reclaim(self, key: tuple[str, str], spawner: Any, decision: Decision) -> str | None:
+        """Stop an idle GPU server with ``DELETE``, as an admin's stop button does; its name
+        when the hub took the request."""
+        user, name = key
+        ids = list(getattr(spawner, "gpu_ids", None) or [])
         self.log.info(
             "GPU reclaimer: stopping %s (GPU %s), %s",
             spawner._log_name,
             ",".join(ids),
             decision.reason,
         )
+        quoted = quote(user, safe="")
+        path = (
+            f"/users/{quoted}/servers/{quote(name, safe='')}" if name else f"/users/{quoted}/server"
+        )
+        stopped = await self._call("DELETE", spawner, path, None, f"stop {spawner._log_name}")
+        if not stopped:
+            return None
         metrics.count_idle_reclaim()
-        spawner._stop_pending = True
+        return str(spawner._log_name)
 
-        async def stop() -> None:
-            try:
-                proxy = user.settings.get("proxy")
-                if proxy is not None:
-                    await proxy.delete_user(user, spawner.name)
-                await user.stop(spawner.name)
-            except Exception:
-                self.log.exception("GPU reclaimer: stopping %s failed", spawner._log_name)
-            finally:
-                spawner._stop_future = None
-                spawner._stop_pending = False
+    async def _call(self, method: str, spawner: Any, path: str, body: Any, what: str) -> bool:
+        """One request to the hub's REST API as ``gpu-reclaimer``; a failure is logged with a
+        sentence (never the token) and the loop goes on."""
+        if not self.api_token:
+            if not self._warned_no_token:
+                self._warned_no_token = True
+                self.log.warning(
+                    "GPU reclaimer: GPUReclaimer.api_token is not set, so it cannot %s (nor "
+                    "record activity or stop any server); set it to the token of a hub service "
+                    "whose role has the scopes %s",
+                    what,
+                    ", ".join(RECLAIMER_SCOPES),
+                )
+            return False
+        base = self.api_url or str(spawner.hub.api_url).rstrip("/")
+        request = HTTPRequest(
+            base + path,
+            method=method,
+            headers={"Authorization": f"token {self.api_token}"},
+            body=None if body is None else json.dumps(body),
+            allow_nonstandard_methods=True,
+            request_timeout=API_TIMEOUT,
+            follow_redirects=False,
+        )
+        try:
+            await AsyncHTTPClient().fetch(request)
+            return True
+        except HTTPClientError as e:
+            if e.code != 599:  # 599: tornado's code for no answer (timeout, closed)
+                self.log.warning("GPU reclaimer: the hub refused to %s: %s", what, _api_message(e))
+                return False
+            problem: Exception = e
+        except OSError as e:  # connection refused, no route
+            problem = e
+        self.log.warning(
+            "GPU reclaimer: could not reach the hub's API at %s to %s (%s); trying again in %gs",
+            base,
+            what,
+            problem,
+            self.check_interval,
+        )
+        return False
 
-        spawner._stop_future = asyncio.ensure_future(stop())
-        await spawner._stop_future
+
+def _api_message(error: HTTPClientError) -> str:
+    """HTTP status and JupyterHub's own message of a refused REST call."""
+    message = error.message or ""
+    body = getattr(error.response, "body", None)
+    if body:
+        with contextlib.suppress(ValueError, AttributeError):
+            message = str(json.loads(body).get("message") or message)
+    return f"HTTP {error.code} {message}".rstrip()
 
 
 def _nvml_inventory(spawner: Any) -> bool:
@@ -404,16 +363,27 @@ def _nvml_inventory(spawner: Any) -> bool:
     return getattr(spawner, "gpu_inventory", None) in ([], "")
 
 
-_RECLAIMER: GPUReclaimer | None = None
-_TASKS: set[asyncio.Task[None]] = set()
+def reclaimer_for(config: Config | None = None) -> GPUReclaimer:
+    """The hub's one reclaimer, attached to the hub runtime (made from ``config`` on first use,
+    its loop started when the first server is tracked); without a runtime, a detached one
+    that checks settings and sees no servers."""
+    config = config or Config()
+    runtime = get_runtime()
+    if runtime is None:
+        return GPUReclaimer(config=config)
 
+    def make() -> GPUReclaimer:
+        made = GPUReclaimer(runtime, config=config)
+        runtime.servers.on_first(made.start)
+        if len(runtime.servers):  # servers tracked before the reclaimer was attached
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return made
+            made.start()
+        return made
 
-def reclaimer(config: Config | None = None) -> GPUReclaimer:
-    """The hub's one reclaimer, made from the hub's config on first use."""
-    global _RECLAIMER
-    if _RECLAIMER is None:
-        _RECLAIMER = GPUReclaimer(config=config or Config())
-    return _RECLAIMER
+    return runtime.attach(GPUReclaimer, make)
 
 
 # -- wiring into the hub ---------------------------------------------------------------------
@@ -442,52 +412,25 @@ def idle_culler_service(
     return service, role
 
 
-def start_with_hub(config: Config) -> None:
-    """In the hub process (called from jupyterhub_config.py): check the reclaim settings,
-    and prepare the GPU pool as soon as the hub runs, so /hub/metrics and the dashboard show
-    the inventory before the first spawn. Anywhere else (e.g. ``python -m spawner doctor``
-    loading the same config) it only checks the settings."""
-    from spawner.hub.config import ConfigError
-
-    try:
-        GPUReclaimer(config=config)
-    except TraitError as e:
-        raise ConfigError(str(e)) from None
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    if "jupyterhub.app" not in sys.modules:
-        return
-    _TASKS.add(task := loop.create_task(_prepare_pool(config)))
-    task.add_done_callback(_TASKS.discard)
-
-
-async def _prepare_pool(config: Config) -> None:
-    from spawner.backends.docker import GPUDockerSpawner  # the hub's spawner; Docker only from here
-
-    # Runs once the config files are read: settings made after start_with_hub() count too.
-    log = reclaimer(config).log
-    stand_in = SimpleNamespace(name="gpu-pool", groups=[], url="/user/gpu-pool/")
-    try:
-        probe = GPUDockerSpawner(config=config, user=stand_in)
-        pool = await probe.gpu_pool()
-        await pool.refresh()
-    except Exception as e:
-        log.warning("GPU pool not prepared at start-up (%s); it is made at the first spawn", e)
+def reclaimer_service(api_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The GPU reclaimer as a hub service (no process of its own: it lives in the hub) with
+    its token, and its least-privilege role."""
+    service = {"name": RECLAIMER_NAME, "api_token": api_token}
+    role = {
+        "name": RECLAIMER_NAME,
+        "description": "Record busy servers' activity and stop idle GPU servers",
+        "scopes": list(RECLAIMER_SCOPES),
+        "services": [RECLAIMER_NAME],
+    }
+    return service, role
 
 
 __all__ = [
     "IDLE_CULLER_SCOPES",
-    "Decision",
+    "RECLAIMER_NAME",
+    "RECLAIMER_SCOPES",
     "GPUReclaimer",
-    "GPUSample",
-    "GPUSampler",
-    "Observed",
-    "decide",
     "idle_culler_service",
-    "kernels_busy",
-    "reclaimer",
-    "sample_gpus",
-    "start_with_hub",
+    "reclaimer_for",
+    "reclaimer_service",
 ]

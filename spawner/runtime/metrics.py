@@ -11,7 +11,7 @@ for counters):
 - ``jupyterhub_gpu_allocations_total{profile}``: GPU allocations, by profile;
 - ``jupyterhub_gpu_idle_reclaimed_total``: GPU servers stopped for being idle.
 
-No Docker import: the pools are handed in by :func:`register_pools`.
+No Docker import: the hub runtime hands in its GPU sources.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spawner.core.allocator import NotEnoughGPUs, QuotaExceeded
-from spawner.core.pool import GPUPool, GPUWaitTimeout
+from spawner.core.pool import GPUWaitTimeout
 
 #: Buckets of the wait histogram: most spawns get their GPUs at once; a queue waits minutes.
 WAIT_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
@@ -86,16 +87,19 @@ def count_idle_reclaim() -> None:
     GPU_IDLE_RECLAIMED.inc()
 
 
-class PoolCollector(Collector):
-    """Gauges of every pool of this hub, read when Prometheus scrapes."""
+class SourceCollector(Collector):
+    """Gauges of every GPU source of this hub (single-host pools, a swarm's nodes), read when
+    Prometheus scrapes. The hub's runtime registers it when it is made and unregisters it
+    at reset, so a process never serves a stale runtime's gauges."""
 
-    def __init__(self, pools: Callable[[], Iterable[GPUPool]]) -> None:
-        self._pools = pools
+    def __init__(self, sources: Callable[[], Iterable[Any]]) -> None:
+        self._sources = sources
+        self._registered = False
 
     def collect(self) -> Iterator[Metric]:
         total = allocated = free = external = queued = 0
-        for pool in list(self._pools()):
-            view = pool.view()
+        for source in list(self._sources()):
+            view = source.view()
             total += len(view.gpus)
             allocated += view.count("held")
             free += view.count("free")
@@ -114,27 +118,24 @@ class PoolCollector(Collector):
         ):
             yield GaugeMetricFamily(name, doc, value=value)
 
+    def register(self, registry: CollectorRegistry = REGISTRY) -> None:
+        if not self._registered:
+            registry.register(self)
+            self._registered = True
 
-_registered: PoolCollector | None = None
-
-
-def register_pools(pools: Callable[[], Iterable[GPUPool]]) -> PoolCollector:
-    """Serve the gauges of ``pools()`` on /hub/metrics (once per process; later calls no-op)."""
-    global _registered
-    if _registered is None:
-        _registered = PoolCollector(pools)
-        REGISTRY.register(_registered)
-    return _registered
+    def unregister(self, registry: CollectorRegistry = REGISTRY) -> None:
+        if self._registered:
+            registry.unregister(self)
+            self._registered = False
 
 
 __all__ = [
     "GPU_ALLOCATIONS",
     "GPU_IDLE_RECLAIMED",
     "GPU_WAIT_DURATION",
-    "PoolCollector",
+    "SourceCollector",
     "count_allocation",
     "count_idle_reclaim",
-    "register_pools",
     "timed_gpu_wait",
     "wait_status",
 ]
