@@ -43,7 +43,7 @@ from spawner.core.names import escape_name
 from spawner.core.pool import GPUPool, Observation, QueueLimitReached
 from spawner.runtime.gpus import resolve_inventory, uses_nvml
 from spawner.runtime.metrics import count_allocation, timed_gpu_wait
-from spawner.runtime.observer import ContainerRecord, EngineObserver, created_ns
+from spawner.runtime.observer import LIVE_STATES, ContainerRecord, EngineObserver, created_ns
 
 # How often a spawn tries other GPUs after another hub's container got its GPUs first.
 GPU_RACE_ATTEMPTS = 3
@@ -66,15 +66,6 @@ def running_claims(records: Iterable[ContainerRecord], inventory: Inventory) -> 
             if record.claim is not None:
                 busy |= inventory.resolve_claim(record.claim)
     return Observation(frozenset(busy), frozenset(names))
-
-
-def poll_answer(record: ContainerRecord | None) -> int | str | None:
-    """DockerSpawner's poll answer from an observed container: None while it runs."""
-    if record is None:
-        return 0
-    if record.running:
-        return None
-    return f"ExitCode={record.exit_code}, Error='{record.error}', FinishedAt={record.finished_at}"
 
 
 # DockerSpawner is Any to mypy (dockerspawner ships no types), hence the ignore[misc]
@@ -315,7 +306,8 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             async def observe() -> Observation:
                 observer = await self.synced_observer()
                 if observer is not None:
-                    return running_claims(observer.live(), inventory)
+                    seen = running_claims(observer.live(), inventory)
+                    return await self._confirm_missing(seen, pools[key], inventory)
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(
                     self.executor, self._observe_running_claims, inventory, fallback_cache
@@ -324,6 +316,30 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             pools[key] = GPUPool(inventory, observe)
             self.runtime.sources[("docker", key)] = pools[key]
         return pools[key]
+
+    async def _confirm_missing(
+        self, seen: Observation, pool: GPUPool, inventory: Inventory
+    ) -> Observation:
+        """The pool frees the GPUs of a running server whose container an observation lacks.
+        The observer may lag a moment behind a container that was just started, so each
+        such container is asked about before its GPUs could go (none at rest)."""
+        busy, live = set(seen.busy), set(seen.live)
+        for holder in pool.running_holders():
+            if holder in live:
+                continue
+            try:
+                info = await self.docker("inspect_container", holder)
+            except docker.errors.NotFound:
+                continue  # gone indeed: its GPUs are free
+            if (info.get("State") or {}).get("Status") in LIVE_STATES:
+                live.add(holder)
+                claim = claimed_gpus(
+                    info.get("HostConfig") or {},
+                    (info.get("Config") or {}).get("Env"),
+                    default_runtime=self.observer().default_runtime,
+                )
+                busy |= inventory.resolve_claim(claim)
+        return Observation(frozenset(busy), frozenset(live))
 
     async def prepare_gpu_source(self) -> GPUPool | None:
         self.observer()  # followed from the start: the polls after a hub restart read it
@@ -729,13 +745,14 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             (await self.gpu_pool()).mark_running(self.gpu_holder)
 
     async def observed_status(self) -> int | str | None:
-        """From the engine observer's cache: no Docker call per poll. A container it has not
-        seen (just created, or the observer cannot follow the engine) is asked about."""
+        """From the engine observer's cache: no Docker call per poll while the server runs.
+        Anything else (not seen yet, or seen stopped: the cache may lag a start by a moment)
+        is asked of the engine, so a server is never reported gone on the cache's word."""
         observer = await self.synced_observer()
         record = observer.get(self.object_id or self.object_name) if observer else None
-        if record is None:
-            return await super().observed_status()
-        return poll_answer(record)
+        if record is not None and record.running:
+            return None
+        return await super().observed_status()
 
     async def readopt_resources(self) -> None:
         if not self.api_token:
@@ -744,8 +761,8 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             await self._readopt_gpus()
 
     def release_resources(self) -> None:
-        if self.gpu_ids:
-            self._release_gpus()
+        # by holder, not by gpu_ids: DockerSpawner's stop clears the state before this runs
+        self._release_gpus()
 
     async def discard_failed_start(self) -> None:
         await self._discard_unstarted(self._hand_over_gpus())

@@ -1,9 +1,10 @@
 """GPUSwarmSpawner: the GPU workspaces on a Docker Swarm, one service per server.
 
-Profiles, the spawn form, quotas, the /dev/shm rule, container user and limits, labels,
-progress messages and the readiness wait are those of the single-host spawner
-(:class:`~spawner.backends.base.WorkspaceMixin`); the base is dockerspawner's ``SwarmSpawner``.
-What differs from one host:
+The lifecycle (start, poll, stop), profiles, the spawn form, the quota rule, the plan and the
+readiness wait are :class:`~spawner.backends.base.WorkspaceMixin`'s; the service spec is the
+pure :func:`~spawner.core.builders.make_service_spec`; reading what Swarm reports is
+:mod:`spawner.core.swarm_view`. This module supplies the hooks, over dockerspawner's
+``SwarmSpawner``. What differs from one host:
 
 - **GPUs are Swarm generic resources.** Each node advertises its GPUs in its daemon settings
   (``"node-generic-resources": ["NVIDIA-GPU=GPU-<uuid>", ...]``). A profile's N GPUs become a

@@ -198,6 +198,10 @@ class GPUPool:
         self._observed = observation.busy
         return self._observed
 
+    def running_holders(self) -> tuple[str, ...]:
+        """This hub's holders whose container is up (the ones an observation may drop)."""
+        return tuple(self._running)
+
     def mark_running(self, holder: str) -> None:
         """The holder's container is up: from now on Docker's view decides its claim."""
         if self.ledger.held_by(holder):
