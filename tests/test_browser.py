@@ -52,7 +52,10 @@ def test_sign_up_spawn_a_gpu_and_run_a_cell(start_hub, docker_client, artifacts_
             "GPUWS_ADMIN_PASSWORD": admin_password,
             "GPUWS_GPU_INVENTORY": json.dumps(INVENTORY),
             "GPUWS_MEM_LIMIT": MEM_LIMIT,
-        }
+        },
+        # The form's POST answers at once with the progress page, however fast the spawn is
+        # (JupyterHub otherwise waits up to 10 s and skips the page when the server is up).
+        extra_config='c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n',
     )
     password = secrets.token_urlsafe(12)
     seen: dict[str, dict[str, str]] = {}
