@@ -2,10 +2,11 @@
 
 :class:`WorkspaceMixin` holds the options and behaviour that the single-host
 :class:`~spawner.backends.docker.GPUDockerSpawner` and the Swarm spawner have in common:
-the GPU request, profiles and the spawn form, user-option validation, quotas, /dev/shm
-sizing, container user and limits, labels, progress messages and the readiness wait.
-A concrete spawner mixes it in before its dockerspawner base and implements the three hooks
-:meth:`total_gpus`, :meth:`gpu_availability` and :meth:`check_gpu_quota`.
+the GPU request, profiles and the spawn form, user-option validation, quotas, the spawn's
+plan (:mod:`spawner.core.plan`), progress messages, the readiness wait, and the lifecycle
+itself: ``start``, ``poll`` and ``stop`` are written once here. A concrete spawner mixes it in
+before its dockerspawner base and supplies the hooks (see "hooks a concrete spawner
+implements" below) and dockerspawner's object hooks.
 
 State it adds to the hub database: ``profile`` (the slug the server was started with).
 """
