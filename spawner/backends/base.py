@@ -316,6 +316,11 @@ class WorkspaceMixin(LoggingConfigurable):
         help="Folders searched first for ``spawn_form.html.j2``, to restyle the spawn form.",
     )
     profile_slug = Unicode("", help="Profile this server runs (state, not config).")
+    gpu_ids = List(
+        Unicode(),
+        help="""GPUs this server holds (state, not config): the ids the hub gave it on one
+        host, or those Swarm assigned; read back after a hub restart.""",
+    )
 
     # -- talking to the engine (single host or Swarm manager) ----------------------------
 
@@ -466,6 +471,33 @@ class WorkspaceMixin(LoggingConfigurable):
                 status_code=500,
             )
 
+    def refusal_rules(self) -> hardening.Allowed:
+        """What the allow-list lets this hub's containers or services name."""
+        return hardening.Allowed(
+            images=self.allowed_workspace_images(), docker_root=self.known_docker_root()
+        )
+
+    def check_refused_settings(self, *, read_engine: bool = False) -> None:
+        """Refuse settings that hand notebooks the host (see spawner/core/hardening.py).
+
+        Runs when the spawner is built (so the hub refuses to start, naming the option) over
+        every setting that is not a callable; ``read_engine`` first asks the engine for its
+        data root (start-up does; a spawner built for a user does not wait for Docker). The
+        final create arguments are checked again at each spawn.
+        """
+        if self.allow_host_access:
+            return
+        if read_engine:
+            self.docker_root_dir()
+        allowed = self.refusal_rules()
+        problems = self.shared_setting_problems(allowed) + self.backend_setting_problems(allowed)
+        if problems:
+            raise TraitError(hardening.refusal(problems, self._opt("allow_host_access")))
+
+    def backend_setting_problems(self, allowed: hardening.Allowed) -> list[str]:
+        """What is unsafe in the settings only this backend reads (a backend's hook)."""
+        return []
+
     def shared_setting_problems(self, allowed: hardening.Allowed) -> list[str]:
         """What is unsafe in the settings both backends read the same way (capabilities,
         volumes), each sentence naming its option; a backend adds its own settings' checks."""
@@ -521,16 +553,20 @@ class WorkspaceMixin(LoggingConfigurable):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)  # type: ignore[misc]
         self.profile_slug = state.get("profile", "")
+        self.gpu_ids = list(state.get("gpu_ids", []))
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()  # type: ignore[misc]
         if self.profile_slug:
             state["profile"] = self.profile_slug
+        if self.gpu_ids:
+            state["gpu_ids"] = list(self.gpu_ids)
         return state
 
     def clear_state(self) -> None:
         super().clear_state()  # type: ignore[misc]
         self.profile_slug = ""
+        self.gpu_ids = []
         self._profile = None
         self._plan = None
 

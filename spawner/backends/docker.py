@@ -205,25 +205,13 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
             docker_root=self.known_docker_root(),
         )
 
-    def check_refused_settings(self, *, read_engine: bool = False) -> None:
-        """Refuse admin settings that hand notebooks the host (see spawner/core/hardening.py).
-
-        Runs when the spawner is built (so the hub refuses to start, naming the option) over
-        every setting that is not a callable; ``read_engine`` first asks the engine for its
-        data root (start-up does; a spawner built for a user does not wait for Docker).
-        Callables are checked when the container is built (:meth:`_create_container`).
-        """
-        if self.allow_host_access:
-            return
-        if read_engine:
-            self.docker_root_dir()
-        allowed = self.refusal_rules()
-        opt = self._opt
-        problems = self.shared_setting_problems(allowed)
-        problems += hardening.unsafe_mounts(self.mounts, opt("mounts"), allowed)
+    def backend_setting_problems(self, allowed: hardening.Allowed) -> list[str]:
+        """The single-host settings' problems: ``mounts`` and the admin's
+        ``extra_host_config`` / ``extra_create_kwargs`` (callables are checked when the
+        container is built, :meth:`_create_container`)."""
+        problems = hardening.unsafe_mounts(self.mounts, self._opt("mounts"), allowed)
         problems += self._admin_problems(self.extra_host_config, self.extra_create_kwargs, allowed)
-        if problems:
-            raise TraitError(hardening.refusal(problems, opt("allow_host_access")))
+        return problems
 
     def _admin_problems(
         self, host_config: Any, create_kwargs: Any, allowed: hardening.Allowed
@@ -240,24 +228,6 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
                 create_kwargs or {}, self._opt("extra_create_kwargs"), allowed
             )
         return problems
-
-    # -- life cycle state ------------------------------------------------------------------
-
-    gpu_ids = List(Unicode(), help="GPUs this server holds (state, not config).")
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        super().load_state(state)
-        self.gpu_ids = list(state.get("gpu_ids", []))
-
-    def get_state(self) -> dict[str, Any]:
-        state = super().get_state()
-        if self.gpu_ids:
-            state["gpu_ids"] = list(self.gpu_ids)
-        return state
-
-    def clear_state(self) -> None:
-        super().clear_state()
-        self.gpu_ids = []
 
     # -- inventory and pool ----------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import docker
 from dockerspawner import SwarmSpawner
@@ -81,6 +81,10 @@ class SwarmState:
         self._tasks: list[dict[str, Any]] = []
         self._read_at: float | None = None
         self._pending: asyncio.Future[None] | None = None
+        #: Quota check and create under one lock: two spawns of one user cannot both slip
+        #: under the limit (the first one's service counts as soon as it exists).
+        self.create_lock = asyncio.Lock()
+        self.hostnames: dict[str, str] = {}  # node id -> hostname
 
     async def read(
         self, *, fresh: bool = False
@@ -100,6 +104,7 @@ class SwarmState:
     async def _fetch(self) -> None:
         nodes, tasks = await asyncio.gather(self._call("nodes"), self._call("tasks"))
         self._nodes, self._tasks = list(nodes), list(tasks)
+        self.hostnames.update({str(n.get("ID", "")): node_hostname(n) for n in self._nodes})
         self._read_at = time.monotonic()
 
     async def refresh(self) -> None:
@@ -163,10 +168,6 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
         return True
 
     node = Unicode("", help="Hostname of the node the server runs on (state, not config).")
-    gpu_ids = List(Unicode(), help="GPUs Swarm assigned to this server (state, not config).")
-
-    _create_lock: ClassVar[asyncio.Lock | None] = None
-    _hostnames: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -182,23 +183,11 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
                     f"number of them with {self._opt('gpu_count')} or profiles instead"
                 )
 
-    def refusal_rules(self) -> hardening.Allowed:
-        """What the allow-list lets this hub's services name (spawner/core/hardening.py)."""
-        return hardening.Allowed(
-            images=self.allowed_workspace_images(), docker_root=self.known_docker_root()
-        )
-
-    def check_refused_settings(self, *, read_engine: bool = False) -> None:
-        """Refuse settings that hand notebooks a node (see spawner/core/hardening.py), naming the
-        option, when the hub starts; ``read_engine`` first asks the manager for its data
-        root. The whole service spec is checked again when it is built."""
-        if self.allow_host_access:
-            return
-        if read_engine:
-            self.docker_root_dir()
-        allowed = self.refusal_rules()
+    def backend_setting_problems(self, allowed: hardening.Allowed) -> list[str]:
+        """The Swarm settings' problems: the volume driver and the ``extra_*`` specs (the
+        whole service spec is checked again when it is built)."""
         opt = self._opt
-        problems = self.shared_setting_problems(allowed)
+        problems: list[str] = []
         if self.volume_driver or self.volume_driver_options:
             problems += hardening.unsafe_driver_config(
                 self.volume_driver, self.volume_driver_options, opt("volume_driver"), allowed
@@ -214,27 +203,22 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
             value = getattr(self, name)
             if not callable(value):
                 problems += hardening.check(value or {}, table, opt(name), allowed)
-        if problems:
-            raise TraitError(hardening.refusal(problems, opt("allow_host_access")))
+        return problems
 
     # -- state ----------------------------------------------------------------------------
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        self.gpu_ids = list(state.get("gpu_ids", []))
         self.node = state.get("node", "")
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
-        if self.gpu_ids:
-            state["gpu_ids"] = list(self.gpu_ids)
         if self.node:
             state["node"] = self.node
         return state
 
     def clear_state(self) -> None:
         super().clear_state()
-        self.gpu_ids = []
         self.node = ""
 
     # -- what Swarm shows -----------------------------------------------------------------
@@ -255,18 +239,17 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
 
     async def swarm_gpus(self, *, fresh: bool = False) -> SwarmGPUs:
         nodes, tasks = await self.swarm_state().read(fresh=fresh)
-        for node in nodes:
-            self._hostnames[str(node.get("ID", ""))] = node_hostname(node)
         return count_swarm_gpus(nodes, tasks, self.gpu_resource_kind)
 
     async def _hostname(self, node_id: str) -> str:
-        if node_id and node_id not in self._hostnames:
+        hostnames = self.swarm_state().hostnames
+        if node_id and node_id not in hostnames:
             try:
                 node = await self.docker("inspect_node", node_id)
             except docker.errors.APIError:
                 return node_id[:12]
-            self._hostnames[node_id] = node_hostname(node)
-        return self._hostnames.get(node_id, node_id[:12])
+            hostnames[node_id] = node_hostname(node)
+        return hostnames.get(node_id, node_id[:12])
 
     # -- the WorkspaceMixin hooks ---------------------------------------------------------
 
@@ -383,12 +366,7 @@ class GPUSwarmSpawner(WorkspaceMixin, SwarmSpawner):  # type: ignore[misc]
             raise
 
     async def create_object(self) -> dict[str, Any]:
-        cls = GPUSwarmSpawner
-        if cls._create_lock is None:
-            cls._create_lock = asyncio.Lock()
-        # Quota check and create under one lock: two spawns of one user cannot both slip
-        # under the limit (the first one's service counts as soon as it exists).
-        async with cls._create_lock:
+        async with self.swarm_state().create_lock:  # quota check and create, one at a time
             if self.plan.gpu_count:
                 await self.check_gpu_quota(self.plan.gpu_count)
             spec = await self.service_spec()

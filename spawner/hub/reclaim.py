@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -403,12 +403,9 @@ def idle_culler_service(
             f"--cull-every={max(int(every), 1)}",
         ],
     }
-    role = {
-        "name": IDLE_CULLER_NAME,
-        "description": "Stop servers idle for longer than the idle timeout",
-        "scopes": list(IDLE_CULLER_SCOPES),
-        "services": [IDLE_CULLER_NAME],
-    }
+    role = _service_role(
+        IDLE_CULLER_NAME, "Stop servers idle for longer than the idle timeout", IDLE_CULLER_SCOPES
+    )
     return service, role
 
 
@@ -416,13 +413,15 @@ def reclaimer_service(api_token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The GPU reclaimer as a hub service (no process of its own: it lives in the hub) with
     its token, and its least-privilege role."""
     service = {"name": RECLAIMER_NAME, "api_token": api_token}
-    role = {
-        "name": RECLAIMER_NAME,
-        "description": "Record busy servers' activity and stop idle GPU servers",
-        "scopes": list(RECLAIMER_SCOPES),
-        "services": [RECLAIMER_NAME],
-    }
+    role = _service_role(
+        RECLAIMER_NAME, "Record busy servers' activity and stop idle GPU servers", RECLAIMER_SCOPES
+    )
     return service, role
+
+
+def _service_role(name: str, description: str, scopes: Sequence[str]) -> dict[str, Any]:
+    """A role that holds only ``scopes``, for the service of the same name."""
+    return {"name": name, "description": description, "scopes": list(scopes), "services": [name]}
 
 
 __all__ = [
