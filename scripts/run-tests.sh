@@ -46,6 +46,8 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 .venv/bin/pip install -q -e ".[test]" "jupyterhub==${JUPYTERHUB_VERSION}"
+# DockerSpawner's own test suite, run against our class (tests/test_dockerspawner_suite.py)
+PYTHON=.venv/bin/python bash scripts/fetch-upstream-tests.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 bash scripts/static-checks.sh

@@ -191,15 +191,19 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
         ],
     ),
     (
-        "users choose a **profile**, never an image",
+        "users pick an image by an admin's key, never by name",
         "running an arbitrary image (e.g. one with a root user or a setuid shell)",
-        "the form and the REST API accept only `{'profile': '<slug>'}`; a server runs only the "
-        "profiles' images, `image`, `gpu_image` and `allowed_images`, however the image was "
-        "set (`extra_create_kwargs['image']`, a Swarm container spec, a hook): else a 403 "
-        "before anything is created",
+        "with profiles, the form and the REST API accept `{'profile': '<slug>'}` plus, for the "
+        "profile's `options`, the key of a choice the admin wrote (a choice limited to groups "
+        "is refused to others); without profiles, `{'image': '<key>'}` within `allowed_images`, "
+        "as in DockerSpawner 13+; anything else is a 400 before anything is created. Images "
+        "set by admin code (a pre-spawn hook, `extra_create_kwargs`) run as set",
         [
             "tests/test_hardening.py::test_users_cannot_choose_an_image",
-            "tests/test_hardening.py::test_images_a_server_may_run",
+            "tests/test_profile_choices.py::"
+            "test_an_allowed_image_key_runs_and_others_are_a_400_with_nothing_created",
+            "tests/test_profile_choices.py::"
+            "test_a_group_limited_choice_is_refused_for_others_on_the_form_and_the_rest_api",
             "tests/test_fuzz.py::test_fuzz_user_options_through_the_rest_api",
             REFUSED,
         ],

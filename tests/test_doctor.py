@@ -176,6 +176,26 @@ def test_doctor_reports_a_missing_image_with_the_fix(fake_gpu_hook: None) -> Non
 
 
 @pytest.mark.docker
+def test_doctor_checks_the_images_of_a_profiles_choices(
+    fake_gpu_hook: None, tmp_path: Path
+) -> None:
+    missing = f"gpuws-doctor-test/choice:{secrets.token_hex(3)}"
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(
+        "- slug: cpu\n"
+        "  display_name: CPU\n"
+        "  options:\n"
+        "    image:\n"
+        f"      choices: {{standard: {versions()['NOTEBOOK_CPU_IMAGE']}, variant: {missing}}}\n"
+    )
+    result = run_doctor({"GPUWS_GPU_INVENTORY": "2", "GPUWS_PROFILES_FILE": str(profiles)})
+    assert result.returncode == 1, result.stdout
+    row = next(line for line in result.stdout.splitlines() if missing in line)
+    assert "FAIL" in row and "cpu:variant" in row, row
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.docker
 def test_doctor_reports_an_image_built_for_another_jupyterhub(
     docker_client: docker.DockerClient, fake_gpu_hook: None
 ) -> None:

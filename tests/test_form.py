@@ -248,6 +248,13 @@ def test_an_admin_folder_without_the_template_falls_back_to_the_packaged_one(
         ({"profile": ["gpu-1", "cpu"]}, {"profile": "gpu-1"}),
         ({"profile": ["<anything>"], "other": ["x"]}, {"profile": "<anything>"}),
         ({"other": ["x"]}, {}),
+        # the chosen profile's option fields, not another card's
+        (
+            {"profile": ["gpu-1"], "gpu-1:image": ["pytorch", "x"], "cpu:image": ["tf"]},
+            {"profile": "gpu-1", "image": "pytorch"},
+        ),
+        ({"profile": ["gpu-1"], "gpu-1:": ["x"], "gpu-1:profile": ["cpu"]}, {"profile": "gpu-1"}),
+        ({"gpu-1:image": ["pytorch"]}, {}),
     ],
 )
 def test_options_from_form(formdata: dict[str, list[str]], options: dict[str, Any]) -> None:
@@ -290,3 +297,95 @@ async def test_the_swarm_form_is_a_503_with_a_sentence_when_the_manager_fails(
         await spawner.gpu_availability()
     assert refused.value.status_code == 503
     assert case["says"] in refused.value.jupyterhub_message
+
+
+CHOICES = parse_profiles(
+    [
+        {"slug": "cpu", "display_name": "CPU"},
+        {
+            "slug": "gpu-1",
+            "display_name": "1 GPU",
+            "gpus": 1,
+            "options": {
+                "image": {
+                    "display_name": "Framework",
+                    "choices": {
+                        "pytorch": {"display_name": "PyTorch", "value": "site/pt:2"},
+                        "tf": {
+                            "display_name": "TensorFlow",
+                            "value": "site/tf:2",
+                            "groups": ["staff"],
+                        },
+                    },
+                },
+                "mem_limit": {"choices": ["16g", "32g"], "default": "16g"},
+            },
+        },
+    ],
+    total_gpus=8,
+)
+
+
+def _selects(page: Elements) -> dict[str, list[dict[str, str | None]]]:
+    """Each <select> by name, with the attributes of its <option>s in order."""
+    selects: dict[str, list[dict[str, str | None]]] = {}
+    current = ""
+    for tag, attributes in page.tags:
+        if tag == "select":
+            current = attributes["name"] or ""
+            selects[current] = []
+        elif tag == "option" and current:
+            selects[current].append(attributes)
+    return selects
+
+
+@pytest.mark.parametrize(
+    ("groups", "chosen", "selected_image", "tf_disabled"),
+    [
+        ([], {}, "pytorch", True),  # the first open choice: no default given
+        (["staff"], {"image": "tf"}, "tf", False),  # the user's last choice
+        ([], {"image": "tf"}, "pytorch", True),  # last choice closed to them now
+        (["staff"], {"image": "gone"}, "pytorch", False),  # last choice removed
+    ],
+)
+def test_options_render_under_their_profile(
+    groups: list[str], chosen: dict[str, str], selected_image: str, tf_disabled: bool
+) -> None:
+    html = render_form(
+        CHOICES,
+        selected="gpu-1",
+        chosen=chosen,
+        user_groups=groups,
+        gpu_summary=SUMMARY,
+        free_gpus=3,
+        total_gpus=8,
+        queue_length=0,
+    )
+    page = Elements()
+    page.feed(html)
+    selects = _selects(page)
+    assert list(selects) == ["gpu-1:image", "gpu-1:mem_limit"]  # the CPU card has none
+    images = {o["value"]: o for o in selects["gpu-1:image"]}
+    assert [k for k, o in images.items() if "selected" in o] == [selected_image]
+    assert ("disabled" in images["tf"]) is tf_disabled
+    assert "TensorFlow (staff only)" in html if tf_disabled else "staff only" not in html
+    memory = selects["gpu-1:mem_limit"]
+    assert [o["value"] for o in memory] == ["16g", "32g"]
+    assert [o["value"] for o in memory if "selected" in o] == ["16g"]
+    assert "16 GiB" in html and ">Framework</label>" in html
+
+
+def test_notes_about_earlier_choices_are_shown_escaped() -> None:
+    page = render(CHOICES, notes=["Your last choice of image ('<b>') is no longer offered."])
+    notes = [a for t, a in page.tags if t == "li" and a.get("class") == "gpuws-note"]
+    assert len(notes) == 1
+    html = render_form(
+        CHOICES,
+        selected=None,
+        notes=["<b>x</b>"],
+        gpu_summary=SUMMARY,
+        free_gpus=3,
+        total_gpus=8,
+        queue_length=0,
+    )
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html

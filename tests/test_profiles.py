@@ -202,6 +202,8 @@ def test_allowed_keys() -> None:
         "default",
         "groups",
         "constraints",
+        "options",
+        "allowed_images",
     )
 
 

@@ -49,8 +49,8 @@ DOCKER_BYPASSES = [
         "['host_config']['Devices']",
     ),
     ({"extra_create_kwargs": {"host_config": {"CapAdd": ["SYS_ADMIN"]}}}, "'SYS_ADMIN'"),
-    # the image allow-list
-    ({"extra_create_kwargs": {"image": "busybox:latest"}}, "extra_create_kwargs['image']"),
+    # an image the admin names is theirs to choose (users only pick keys, issue 19)
+    ({"extra_create_kwargs": {"image": "busybox:latest"}}, None),
     # a bind of / through the local volume driver's options
     (
         {
@@ -156,7 +156,7 @@ SWARM_BYPASSES = [
         "GPUSwarmSpawner.extra_container_spec['mounts'][0]: host path '/'",
     ),
     ({"extra_container_spec": {"user": "0"}}, "extra_container_spec['user']: '0' is root"),
-    ({"extra_container_spec": {"image": "busybox:latest"}}, "extra_container_spec['image']"),
+    ({"extra_container_spec": {"image": "busybox:latest"}}, None),
     ({"extra_container_spec": {"cap_add": ["SYS_ADMIN"]}}, "extra_container_spec['cap_add']"),
     ({"extra_container_spec": {"sysctls": {"a": "1"}}}, "extra_container_spec['sysctls']"),
     (
@@ -176,7 +176,7 @@ SWARM_BYPASSES = [
                 }
             }
         },
-        "extra_task_spec['container_spec']['Image']",
+        "extra_task_spec['container_spec']['Mounts'][0]",
     ),
     ({"extra_task_spec": {"PluginSpec": {"Name": "x"}}}, "extra_task_spec['PluginSpec']"),
     ({"extra_endpoint_spec": {"ports": {8888: 8888}}}, "extra_endpoint_spec['ports']"),
@@ -321,7 +321,7 @@ def _privileged(spawner: Any) -> dict[str, Any]:
         ),
         # set behind the start-up check's back (a pre_spawn_hook): only the merge shows it
         ({"volumes": {"/": "/host"}}, "final create_container arguments['host_config']['Binds']"),
-        ({"image": "busybox:latest"}, "final create_container arguments['image']"),
+        ({"image": "busybox:latest"}, None),  # a hook's image runs (admin code is trusted)
         ({"container_user": "1000"}, None),
     ],
 )
@@ -373,10 +373,6 @@ async def test_swarm_service_spec_is_checked_whole(offline: list[Any]) -> None:
         (
             "c.GPUDockerSpawner.extra_create_kwargs = {'host_config': {'Privileged': True}}\n",
             "GPUDockerSpawner.extra_create_kwargs['host_config']['Privileged']",
-        ),
-        (
-            "c.GPUDockerSpawner.extra_create_kwargs = {'image': 'busybox:latest'}\n",
-            "GPUDockerSpawner.extra_create_kwargs['image']",
         ),
         ("c.GPUDockerSpawner.container_user = '+0'\n", "GPUDockerSpawner.container_user"),
     ],

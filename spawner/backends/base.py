@@ -8,7 +8,14 @@ itself: ``start``, ``poll`` and ``stop`` are written once here. A concrete spawn
 before its dockerspawner base and supplies the hooks (see "hooks a concrete spawner
 implements" below) and dockerspawner's object hooks.
 
-State it adds to the hub database: ``profile`` (the slug the server was started with).
+State it adds to the hub database: ``profile`` (the slug the server was started with) and
+``choices`` (the keys of the profile's options the user picked).
+
+What a user may ask for: with profiles, ``{"profile": <slug>, <option>: <choice key>}``
+(:func:`spawner.core.profiles.select`); without, DockerSpawner's own ``{"image": <key>}``
+within ``allowed_images`` (:func:`spawner.core.choices.allowed_image`), other keys left to
+the admin's code. An image that admin code sets (a pre-spawn hook, ``spawner.image = …``)
+runs as set: only what users send is restricted.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from traitlets.config import LoggingConfigurable
 
 from spawner.backends.errors import WorkspaceError, engine_unreachable, start_failure
 from spawner.core import egress, form, hardening
+from spawner.core.choices import ChoiceError, allowed_image
 from spawner.core.devices import (
     DEFAULT_CAPABILITIES,
     DeviceRequestError,
@@ -52,11 +60,11 @@ from spawner.core.pool import Quota
 from spawner.core.profiles import (
     Profile,
     ProfileError,
+    Selection,
     UserOptionsError,
     asks_for_gpus,
-    default_profile,
     parse_profiles,
-    resolve_user_options,
+    select,
     visible_profiles,
 )
 from spawner.core.sizes import GiB, SizeError, parse_size
@@ -162,8 +170,11 @@ class WorkspaceMixin(LoggingConfigurable):
         config=True,
         help="""Workspace profiles a user picks from in the spawn form (or REST API
         ``{"profile": "<slug>"}``). Each: slug, display_name, description, gpus, and optional
-        image, mem_limit, cpu_limit, shm_size, default, groups. Empty: no form, the static
-        ``gpu_count``/``image``/limits apply. See ``spawner.core.profiles.DEFAULT_PROFILES``.
+        image, mem_limit, cpu_limit, shm_size, default, groups, constraints, and ``options``
+        (choices of image or limits inside the profile, each optionally for some groups;
+        ``allowed_images`` is short for image choices). Empty: no form, the static
+        ``gpu_count``/``image``/limits apply and users may name an image of
+        ``allowed_images``, as with DockerSpawner. See docs/gpus.md.
         """,
     )
 
@@ -316,6 +327,11 @@ class WorkspaceMixin(LoggingConfigurable):
         help="Folders searched first for ``spawn_form.html.j2``, to restyle the spawn form.",
     )
     profile_slug = Unicode("", help="Profile this server runs (state, not config).")
+    option_choices = Dict(
+        value_trait=Unicode(),
+        help="""The keys of the profile's options this server was started with, e.g.
+        {"image": "pytorch"} (state, not config).""",
+    )
     gpu_ids = List(
         Unicode(),
         help="""GPUs this server holds (state, not config): the ids the hub gave it on one
@@ -450,6 +466,8 @@ class WorkspaceMixin(LoggingConfigurable):
         super().__init__(**kwargs)
         self._profile: Profile | None = None
         self._plan: SpawnPlan | None = None
+        self._options_applied = False  # apply_user_options ran for this spawn
+        self._option_notes: tuple[str, ...] = ()  # saved choices that fell back, for progress
         self._progress_events: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
         self._check_gpu_options()
@@ -473,9 +491,7 @@ class WorkspaceMixin(LoggingConfigurable):
 
     def refusal_rules(self) -> hardening.Allowed:
         """What the allow-list lets this hub's containers or services name."""
-        return hardening.Allowed(
-            images=self.allowed_workspace_images(), docker_root=self.known_docker_root()
-        )
+        return hardening.Allowed(docker_root=self.known_docker_root())
 
     def check_refused_settings(self, *, read_engine: bool = False) -> None:
         """Refuse settings that hand notebooks the host (see spawner/core/hardening.py).
@@ -522,38 +538,11 @@ class WorkspaceMixin(LoggingConfigurable):
                 "or lower pids_limit"
             )
 
-    def allowed_workspace_images(self) -> frozenset[str] | None:
-        """Images a server of this hub may run; None when the admin allows any (``"*"``).
-
-        Users never name an image: the form and the REST API accept only a profile. The
-        images are those of the profiles, ``image``, ``gpu_image``, and DockerSpawner's
-        ``allowed_images`` if the admin set it.
-        """
-        images: set[Any] = {self._configured_image, self.gpu_image}
-        images |= {p.get("image") for p in self.profiles if isinstance(p, dict)}
-        getter = getattr(self, "_get_allowed_images", None)
-        extra = getter() if callable(getter) else None
-        if extra == "*":
-            return None
-        if isinstance(extra, dict):
-            images |= set(extra.values())
-        return frozenset(str(i) for i in images if i)
-
-    def check_image_allowed(self) -> None:
-        """Refuse to start a server whose image is not on the hub's image list."""
-        allowed = self.allowed_workspace_images()
-        if allowed is not None and self.image not in allowed:
-            raise WorkspaceError(
-                f"The image {str(self.image)[:80]!r} is not one this hub runs; "
-                "pick a profile instead.",
-                reason="image",
-                status_code=403,
-            )
-
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)  # type: ignore[misc]
         self.profile_slug = state.get("profile", "")
         self.gpu_ids = list(state.get("gpu_ids", []))
+        self.option_choices = dict(state.get("choices", {}))
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()  # type: ignore[misc]
@@ -561,14 +550,19 @@ class WorkspaceMixin(LoggingConfigurable):
             state["profile"] = self.profile_slug
         if self.gpu_ids:
             state["gpu_ids"] = list(self.gpu_ids)
+        if self.option_choices:
+            state["choices"] = dict(self.option_choices)
         return state
 
     def clear_state(self) -> None:
         super().clear_state()  # type: ignore[misc]
         self.profile_slug = ""
         self.gpu_ids = []
+        self.option_choices = {}
         self._profile = None
         self._plan = None
+        self._options_applied = False
+        self._option_notes = ()
 
     # -- the plan: everything one spawn resolves, once ------------------------------------
 
@@ -657,10 +651,11 @@ class WorkspaceMixin(LoggingConfigurable):
     async def start(self) -> tuple[str, int]:
         self._progress_events = []
         self._plan = None  # this spawn's plan, from the settings as they are now
-        if self._profile is None and self.profiles:
-            # JupyterHub < 5.3 has no apply_user_options hook
+        if not self._options_applied:
+            # start() called without JupyterHub's apply_user_options (admin code, tests)
             await self._apply_profile(self.user_options or {})
-        self.check_image_allowed()
+        for note in self._option_notes:
+            self._report(note)
         self.check_network_guard()
         try:
             await self.claim_resources()
@@ -816,18 +811,21 @@ class WorkspaceMixin(LoggingConfigurable):
 
     async def _render_options_form(self) -> str:
         profiles = await self._visible_profiles()
-        selected = None
         previous = self.orm_spawner.user_options if self.orm_spawner is not None else None
-        if isinstance(previous, dict) and isinstance(previous.get("profile"), str):
-            selected = previous["profile"]
-        if selected not in {p.slug for p in profiles}:
-            selected = default_profile(profiles).slug if profiles else None
+        earlier: Selection | None = None
+        if profiles:
+            # the user's last choices, pre-selected where they still apply
+            with contextlib.suppress(UserOptionsError):
+                earlier = select(profiles, previous or {}, self._user_groups(), saved=True)
         gpus = GPUAvailability("no GPUs", 0, 0, 0)
         if any(p.gpus for p in profiles):
             gpus = await self.gpu_availability() or gpus
         return form.render_form(
             profiles,
-            selected=selected,
+            selected=earlier.profile.slug if earlier else None,
+            chosen=dict(earlier.choices) if earlier else {},
+            notes=earlier.notes if earlier else (),
+            user_groups=self._user_groups(),
             gpu_summary=gpus.summary,
             free_gpus=gpus.free,
             total_gpus=gpus.total,
@@ -850,25 +848,50 @@ class WorkspaceMixin(LoggingConfigurable):
 
     async def _apply_profile(self, user_options: Any) -> None:
         """Validate what the user asked for (form or REST API) and apply their profile."""
+        self._options_applied = True
+        self._option_notes = ()
         if not self.profiles:
-            if user_options:
-                raise WorkspaceError(
-                    "This hub has no workspace profiles; start without options.",
-                    reason="user_options",
-                )
+            self._apply_allowed_image(user_options)
             return
         profiles = await self._visible_profiles()
+        saved = not options_were_sent(getattr(self, "handler", None))
         try:
-            profile = resolve_user_options(profiles, user_options or {})
+            selection = select(profiles, user_options or {}, self._user_groups(), saved=saved)
         except UserOptionsError as e:
             raise WorkspaceError(str(e), reason="user_options") from None
+        for note in selection.notes:
+            self.log.info("spawn of %s: %s", self._log_name, note)
+        self._option_notes = selection.notes
+        profile = selection.applied
         self._profile = profile
         self.profile_slug = profile.slug
+        self.option_choices = dict(selection.choices)
         self._plan = None  # resolved at start from the configured values and this profile
         self.image = image_for(self.spawn_settings(), profile)
         if profile.gpus:
             # Refuse over-quota requests before anything waits or is created.
             await self.check_gpu_quota(profile.gpus)
+
+    def _apply_allowed_image(self, user_options: Any) -> None:
+        """DockerSpawner's user option: ``{"image": <key of allowed_images>}``; other keys
+        are the admin's (their own form and hooks read them)."""
+        if isinstance(user_options, dict) and user_options.get("image") not in (None, ""):
+            self.image = self._allowed_image(user_options["image"])
+
+    def _allowed_image(self, key: object) -> str:
+        getter = getattr(self, "_get_allowed_images", None)
+        try:
+            return allowed_image(getter() if callable(getter) else {}, key)
+        except ChoiceError as e:
+            raise WorkspaceError(str(e), reason="user_options") from None
+
+    async def check_allowed(self, image: str) -> str:
+        """DockerSpawner's start() re-reads ``user_options["image"]`` through this: once the
+        user's options are applied, the image is resolved (and admin code may have set
+        another since); before that, DockerSpawner's own rule."""
+        if self._options_applied:
+            return str(self.image)
+        return self._allowed_image(image)
 
     def user_gpu_limit(self) -> tuple[int | None, str]:
         """The per-user GPU limit that applies to this user, and whose limit it is."""
@@ -940,6 +963,28 @@ class WorkspaceMixin(LoggingConfigurable):
             reason="timeout",
             status_code=504,
         )
+
+
+def options_were_sent(handler: Any) -> bool:
+    """Whether the request that starts a server sent user options, rather than JupyterHub
+    reusing the user's earlier ones (a start with no body, no form and no query options).
+
+    Earlier choices may name a profile or choice an admin has since removed: those fall
+    back to the default with a sentence, where the same options sent now are refused.
+    """
+    request = getattr(handler, "request", None)
+    if request is None:
+        return False  # not a person's request: the hub or a service starting a server
+    server_body = getattr(handler, "get_server_json_body", None)
+    if request.method == "POST" and callable(server_body):
+        # the REST API: JupyterHub's own reading of the body (user_options None: reuse)
+        try:
+            return server_body().get("user_options") is not None
+        except Exception:  # JupyterHub has answered the bad body already
+            return True
+    if request.method == "POST":
+        return True  # the spawn form
+    return any(name not in ("next", "_xsrf") for name in request.query_arguments)
 
 
 def _bytes(value: Any, option: str) -> int | None:

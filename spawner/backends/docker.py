@@ -200,7 +200,6 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
         if self.gpu_mechanism == "nvidia-runtime":
             runtimes |= {NVIDIA_RUNTIME}
         return hardening.Allowed(
-            images=self.allowed_workspace_images(),
             runtimes=runtimes,
             docker_root=self.known_docker_root(),
         )

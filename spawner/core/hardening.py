@@ -82,10 +82,9 @@ VOLUME_DRIVERS: frozenset[str] = frozenset({"", "local"})
 
 @dataclass(frozen=True)
 class Allowed:
-    """What the values may name on this hub: its images, its runtimes, its engine's root."""
+    """What the values may name on this hub: its runtimes, its engine's root. (Images are not
+    checked here: admin code names them; users only pick keys, spawner/core/choices.py.)"""
 
-    #: The images a server may run (None: any, ``allowed_images = "*"``).
-    images: frozenset[str] | None = None
     #: The runtimes the GPU mechanism needs (``nvidia`` for ``nvidia-runtime``).
     runtimes: frozenset[str] = DEFAULT_RUNTIMES
     #: ``docker info``'s DockerRootDir: every volume of every user lives below it.
@@ -291,15 +290,6 @@ def _each(table: Table) -> Rule:
         return problems
 
     return rule
-
-
-def _image(value: Any, where: str, allowed: Allowed) -> list[str]:
-    if allowed.images is None or str(value) in allowed.images:
-        return []
-    return [
-        f"{where}: {str(value)[:80]!r} is not an image this hub runs (image, gpu_image, the "
-        "profiles' images, allowed_images)"
-    ]
 
 
 def _user(value: Any, where: str, allowed: Allowed) -> list[str]:
@@ -598,12 +588,11 @@ HOST_CONFIG = Table(
 CREATE_KWARGS = Table(
     "container",
     {
-        "image": _image,
         "user": _user,
         "runtime": _runtime,
         "hostconfig": _nested(HOST_CONFIG),
         **_plain(
-            "command entrypoint environment volumes name ports labels hostname domainname "
+            "image command entrypoint environment volumes name ports labels hostname domainname "
             "workingdir stopsignal stoptimeout healthcheck tty stdinopen detach macaddress "
             "networkdisabled platform useconfigproxy"
         ),
@@ -643,7 +632,6 @@ PRIVILEGES = Table(
 CONTAINER_SPEC = Table(
     "Swarm container",
     {
-        "image": _image,
         "user": _user,
         "groups": _groups,
         "mounts": _mounts,
@@ -651,7 +639,7 @@ CONTAINER_SPEC = Table(
         "capabilitydrop": _cap_drop,
         "privileges": _nested(PRIVILEGES),
         **_plain(
-            "labels command args hostname env dir tty openstdin readonly stopsignal "
+            "image labels command args hostname env dir tty openstdin readonly stopsignal "
             "stopgraceperiod healthcheck hosts dnsconfig secrets configs init ulimits"
         ),
     },

@@ -20,6 +20,15 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
+from spawner.core.choices import (
+    ChoiceError,
+    ProfileOption,
+    parse_options,
+    pick,
+)
+from spawner.core.choices import (
+    clip as _clip,
+)
 from spawner.core.sizes import GiB, MiB, SizeError, format_size, parse_size
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
@@ -55,6 +64,7 @@ class Profile:
     default: bool = False
     groups: tuple[str, ...] = ()  # empty: everyone may use it
     constraints: tuple[str, ...] = ()  # Swarm placement, e.g. "node.labels.gpu==a100"
+    options: tuple[ProfileOption, ...] = ()  # settings the user chooses (spawner.core.choices)
 
     def limits_summary(self) -> str:
         """Memory and CPU limits in a few words, e.g. ``"16 GiB RAM · 4 CPUs"``; may be empty."""
@@ -66,8 +76,12 @@ class Profile:
         return " · ".join(parts)
 
 
-#: The keys a profile may have, in the order the docs list them.
-ALLOWED_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Profile))
+#: The keys a profile may have, in the order the docs list them (``allowed_images``: image
+#: choices as DockerSpawner writes them, a list or a mapping; short for ``options.image``).
+ALLOWED_KEYS: tuple[str, ...] = (
+    *(f.name for f in dataclasses.fields(Profile)),
+    "allowed_images",
+)
 
 #: The profiles a hub gets when the admin configures none.
 DEFAULT_PROFILES: list[dict[str, Any]] = [
@@ -198,13 +212,6 @@ def unlimited_profile_warnings(
                 "and cpu_limit in a profiles file (docs/gpus.md: Default limits)"
             )
     return lines
-
-
-def _clip(value: object, limit: int = ECHO_LIMIT) -> str:
-    """At most ``limit`` characters of ``value``, unprintable ones replaced, for messages."""
-    text = value if isinstance(value, str) else repr(value)
-    clipped = text[:limit] + ("…" if len(text) > limit else "")
-    return "".join(c if c.isprintable() else "?" for c in clipped)
 
 
 def _shown(value: object) -> str:
@@ -346,6 +353,15 @@ def _parse_one(
                 f"constraints[{i}]",
                 f"'{_clip(constraint)}' is not a Swarm constraint like 'node.labels.gpu==a100'",
             )
+    options = parse_options(
+        item.get("options"), where, errors, allowed_images=item.get("allowed_images")
+    )
+    options = _options_agree(check, options, image=image, shm_size=shm_size, mem_limit=mem_limit)
+    if allowed_images is not None:
+        for option in options:
+            for choice in option.choices if option.name == "image" else ():
+                if choice.value not in allowed_images:
+                    check.fail("options", f"image '{_clip(choice.value)}' is not allowed here")
     if len(errors) > before or slug is None or display_name is None:
         return None
     return Profile(
@@ -360,7 +376,44 @@ def _parse_one(
         default=bool(default),
         groups=groups,
         constraints=constraints,
+        options=options,
     )
+
+
+def _options_agree(
+    check: _Checker,
+    options: tuple[ProfileOption, ...],
+    *,
+    image: str | None,
+    shm_size: int | None,
+    mem_limit: int | None,
+) -> tuple[ProfileOption, ...]:
+    """The options, checked against the profile's own fields: its ``image`` must be one of
+    the image choices (it is then their default), and no ``/dev/shm`` may exceed a memory limit.
+    """
+    by_name = {o.name: o for o in options}
+    images = by_name.get("image")
+    if images is not None and image is not None:
+        match = next((c for c in images.choices if c.value == image), None)
+        if match is None:
+            check.fail("image", f"'{_clip(image)}' is not one of the image choices")
+        elif images.default and images.default != match.key:
+            check.fail("image", "and options.image.default disagree; give the default once")
+        else:
+            by_name["image"] = dataclasses.replace(images, default=match.key)
+    shms = [shm_size] if shm_size is not None else []
+    mems = [mem_limit] if mem_limit is not None else []
+    for name, values in (("shm_size", shms), ("mem_limit", mems)):
+        if name in by_name:
+            values[:] = [int(c.value) for c in by_name[name].choices]
+    chosen = "shm_size" in by_name or "mem_limit" in by_name
+    if chosen and shms and mems and max(shms) > min(mems):
+        check.fail(
+            "options",
+            f"a /dev/shm of {format_size(max(shms))} can be chosen with a memory limit of "
+            f"{format_size(min(mems))}; /dev/shm counts against the memory limit",
+        )
+    return tuple(by_name.values())
 
 
 def parse_profiles(
@@ -463,9 +516,15 @@ def load_profiles_file(path: str) -> object:
 def visible_profiles(
     profiles: Sequence[Profile], user_groups: Collection[str]
 ) -> tuple[Profile, ...]:
-    """The profiles a user may pick: those without ``groups`` and those sharing a group."""
+    """The profiles a user may pick: those without ``groups`` and those sharing a group,
+    when each of their options has a choice open to the user."""
     mine = set(user_groups)
-    return tuple(p for p in profiles if not p.groups or mine.intersection(p.groups))
+    return tuple(
+        p
+        for p in profiles
+        if (not p.groups or mine.intersection(p.groups))
+        and all(o.open_choices(mine) for o in p.options)
+    )
 
 
 def default_profile(profiles: Sequence[Profile]) -> Profile:
@@ -475,26 +534,34 @@ def default_profile(profiles: Sequence[Profile]) -> Profile:
     return next((p for p in profiles if p.default), profiles[0])
 
 
-def resolve_user_options(profiles_visible: Sequence[Profile], options: object) -> Profile:
-    """The profile a user asked for through the form or the REST API.
+@dataclass(frozen=True)
+class Selection:
+    """What a user's options resolved to: the ``profile`` they picked, ``applied`` (the same
+    profile with their choices written into its fields, what a spawn uses), the ``choices``
+    by setting (keys), and ``notes``: sentences about saved choices that no longer apply."""
 
-    ``options`` must be a JSON object whose only key is ``profile``, the slug of a profile the
-    user can see; ``{}`` means the default profile. Any other input raises
-    :class:`UserOptionsError` (and nothing else), whose message repeats at most
-    :data:`ECHO_LIMIT` characters of what the user sent.
-    """
-    if not isinstance(options, dict):
-        raise UserOptionsError("user options must be a JSON object")
-    unknown = [key for key in options if key != "profile"]
-    if unknown:
-        names = _clip(", ".join(repr(k) if not isinstance(k, str) else k for k in unknown))
-        raise UserOptionsError(f"unknown user option(s): {names}; only 'profile' is accepted")
+    profile: Profile
+    applied: Profile
+    choices: Mapping[str, str]
+    notes: tuple[str, ...] = ()
+
+
+def _pick_profile(
+    profiles_visible: Sequence[Profile], options: Mapping[Any, Any], *, saved: bool
+) -> tuple[Profile, list[str]]:
     choices = ", ".join(p.slug for p in profiles_visible)
-    if not profiles_visible:
-        raise UserOptionsError("no profiles are available to you; ask an admin of this hub")
     if "profile" not in options:
-        return default_profile(profiles_visible)
+        return default_profile(profiles_visible), []
     wanted = options["profile"]
+    for profile in profiles_visible:
+        if profile.slug == wanted:
+            return profile, []
+    fallback = default_profile(profiles_visible)
+    if saved:
+        return fallback, [
+            f"Your last profile ('{_clip(wanted)}') is no longer offered to you; "
+            f"'{fallback.slug}' is used instead."
+        ]
     if not isinstance(wanted, str):
         raise UserOptionsError(
             f"user option 'profile' must be a string (a profile name), got {_type_name(wanted)}; "
@@ -502,10 +569,55 @@ def resolve_user_options(profiles_visible: Sequence[Profile], options: object) -
         )
     if len(wanted) > ECHO_LIMIT or not SLUG_RE.fullmatch(wanted):
         raise UserOptionsError(f"'{_clip(wanted)}' is not a profile name; choose one of: {choices}")
-    for profile in profiles_visible:
-        if profile.slug == wanted:
-            return profile
     raise UserOptionsError(f"unknown profile '{wanted}'; choose one of: {choices}")
+
+
+def select(
+    profiles_visible: Sequence[Profile],
+    options: object,
+    user_groups: Collection[str] = (),
+    *,
+    saved: bool = False,
+) -> Selection:
+    """What a user asked for through the form or the REST API.
+
+    ``options`` is a JSON object: ``profile``, the slug of a profile the user can see (none:
+    the default profile), and for each of that profile's options the key of a choice open to
+    the user's groups (none: the default choice). Anything else raises
+    :class:`UserOptionsError` (and nothing else), repeating at most :data:`ECHO_LIMIT`
+    characters of what the user sent. ``saved``: the options are the user's earlier ones
+    (JupyterHub reuses them when a start sends none); a profile or choice no longer offered
+    then falls back to the default, with a sentence in ``notes``.
+    """
+    if not isinstance(options, dict):
+        if not saved:
+            raise UserOptionsError("user options must be a JSON object")
+        options = {}
+    if not profiles_visible:
+        raise UserOptionsError("no profiles are available to you; ask an admin of this hub")
+    profile, notes = _pick_profile(profiles_visible, options, saved=saved)
+    accepted = ("profile", *(o.name for o in profile.options))
+    unknown = [key for key in options if key not in accepted]
+    if unknown and not saved:
+        names = _clip(", ".join(repr(k) if not isinstance(k, str) else k for k in unknown))
+        if len(accepted) == 1:
+            raise UserOptionsError(f"unknown user option(s): {names}; only 'profile' is accepted")
+        raise UserOptionsError(
+            f"unknown user option(s): {names}; profile '{profile.slug}' accepts: "
+            + ", ".join(accepted)
+        )
+    sent = {k: v for k, v in options.items() if k in accepted and k != "profile"}
+    try:
+        picked = pick(profile.options, sent, user_groups, profile=profile.slug, saved=saved)
+    except ChoiceError as e:
+        raise UserOptionsError(str(e)) from None
+    applied = dataclasses.replace(profile, **picked.values) if picked.values else profile  # type: ignore[arg-type]
+    return Selection(profile, applied, dict(picked.keys), (*notes, *picked.notes))
+
+
+def resolve_user_options(profiles_visible: Sequence[Profile], options: object) -> Profile:
+    """The profile a user asked for, with their choices applied (see :func:`select`)."""
+    return select(profiles_visible, options).applied
 
 
 def asks_for_gpus(raw_profiles: Iterable[Any]) -> bool:
@@ -528,6 +640,7 @@ __all__ = [
     "HostResources",
     "Profile",
     "ProfileError",
+    "Selection",
     "UserOptionsError",
     "asks_for_gpus",
     "default_profile",
@@ -536,6 +649,7 @@ __all__ = [
     "load_profiles_file",
     "parse_profiles",
     "resolve_user_options",
+    "select",
     "unlimited_profile_warnings",
     "visible_profiles",
 ]

@@ -392,7 +392,9 @@ class Doctor:
         self.add(Row("gpu inventory", OK, f"swarm: {gpus.summary(kind)}"))
 
     def _images(self) -> dict[str, list[str]]:
-        """Each image the hub may start, with the profiles that use it."""
+        """Each image the hub may start, with the profiles (and choices) that use it."""
+        from spawner.core.profiles import ProfileError, parse_profiles
+
         spawner = self.spawner
         images: dict[str, list[str]] = {}
         profiles = [p for p in spawner.profiles if isinstance(p, dict)]
@@ -403,8 +405,18 @@ class Doctor:
                 gpus = 0  # the profiles row reports it
             image = profile.get("image") or (spawner.gpu_image if gpus else "") or spawner.image
             images.setdefault(str(image), []).append(str(profile.get("slug", "?")))
+        with contextlib.suppress(ProfileError):  # the profiles row reports it
+            for parsed in parse_profiles(profiles, total_gpus=None) if profiles else ():
+                for option in parsed.options:
+                    for choice in option.choices if option.name == "image" else ():
+                        users = images.setdefault(str(choice.value), [])
+                        users.append(f"{parsed.slug}:{choice.key}")
         if not profiles:
             images.setdefault(str(spawner.image), []).append("(no profiles)")
+            allowed = spawner.allowed_images
+            if isinstance(allowed, dict):  # a callable is known only per user
+                for key, value in allowed.items():
+                    images.setdefault(str(value), []).append(f"allowed_images[{key!r}]")
         return images
 
     def check_images(self) -> None:
