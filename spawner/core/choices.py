@@ -105,6 +105,20 @@ def _label(name: str, value: Value) -> str:
     return str(value)
 
 
+def _as_key(raw: object) -> object:
+    """A number written as a key (YAML's ``2:``) or a list entry, as the string users send."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return repr(raw)
+    return raw
+
+
+def _lowered(title: str) -> str:
+    """``"Framework"`` → ``"framework"`` for the middle of a sentence; ``"CPUs"`` stays."""
+    if len(title) > 1 and title[0].isupper() and title[1].islower():
+        return title[0].lower() + title[1:]
+    return title
+
+
 class _Reader:
     """Reads one profile's ``options``; problems go to ``errors`` as ``<where>: …`` lines."""
 
@@ -152,9 +166,16 @@ class _Reader:
         )
         return None
 
-    def choice(self, name: str, key: object, raw: object, where: str) -> Choice | None:
-        checked_key = self.key(key, where)
+    def choice(
+        self, name: str, key: object, raw: object, where: str, *, listed: bool = False
+    ) -> Choice | None:
         spec: Mapping[Any, Any] = raw if isinstance(raw, Mapping) else {"value": raw}
+        if listed:  # the key is the value: a bad value is one mistake, named once
+            before = len(self.errors)
+            self.value(name, spec["value"], f"{where}.value")
+            if len(self.errors) > before:
+                return None
+        checked_key = self.key(key, where)
         unknown = [k for k in spec if k not in _CHOICE_KEYS]
         if unknown:
             self.fail(where, f"unknown key(s) {clip(unknown)}; allowed: {', '.join(_CHOICE_KEYS)}")
@@ -174,16 +195,20 @@ class _Reader:
     def choices(self, name: str, raw: object, where: str) -> tuple[Choice, ...]:
         items: list[tuple[object, object]]
         if isinstance(raw, Mapping):
-            items = list(raw.items())
+            # YAML reads `{2: 2}` with an int key: the same key as the list form's "2"
+            items = [(_as_key(k), v) for k, v in raw.items()]
         elif isinstance(raw, list | tuple):
             # a list: each entry is its own key, as in DockerSpawner's allowed_images list
-            items = [(entry if isinstance(entry, str) else repr(entry), entry) for entry in raw]
+            items = [(_as_key(entry), entry) for entry in raw]
         else:
             self.fail(where, "must be a mapping of key: choice, or a list")
             return ()
         if not items:
             self.fail(where, "is empty; give at least one choice")
-        parsed = [self.choice(name, k, v, f"{where}[{clip(k, 40)!r}]") for k, v in items]
+        listed = not isinstance(raw, Mapping)
+        parsed = [
+            self.choice(name, k, v, f"{where}[{clip(k, 40)!r}]", listed=listed) for k, v in items
+        ]
         return tuple(c for c in parsed if c is not None)
 
 
@@ -210,6 +235,8 @@ def _parse_option(reader: _Reader, name: object, raw: object) -> ProfileOption |
         )
         default = ""
     title = raw.get("display_name")
+    if title is not None and (not isinstance(title, str) or not title.strip()):
+        reader.fail(f"{where}.display_name", f"must be a non-empty string, got {clip(title)}")
     shown = title.strip() if isinstance(title, str) and title.strip() else OPTION_TITLES[name]
     if not choices:
         return None
@@ -279,27 +306,27 @@ def pick(
     notes: list[str] = []
     for option in options:
         choice = option.default_for(user_groups)
-        wanted = sent.get(option.name)
-        if wanted is not None:
-            if not isinstance(wanted, str):
-                raise ChoiceError(
-                    f"user option '{option.name}' must be a string (a choice's key), got "
-                    f"{clip(repr(wanted))}"
-                )
-            found = option.find(wanted)
+        if option.name in sent:
+            wanted = sent[option.name]
+            found = option.find(wanted) if isinstance(wanted, str) else None
             if found is not None and found.open_to(user_groups):
                 choice = found
             elif saved:
                 replaced = choice.key if choice is not None else "none"
                 notes.append(
-                    f"Your last choice of {option.display_name.lower()} ('{clip(wanted)}') is no "
-                    f"longer offered to you; '{replaced}' is used instead."
+                    f"Your last choice of {_lowered(option.display_name)} ('{clip(wanted)}') "
+                    f"is no longer offered to you; '{replaced}' is used instead."
+                )
+            elif not isinstance(wanted, str):
+                raise ChoiceError(
+                    f"user option '{option.name}' must be a string (a choice's key), got "
+                    f"{clip(repr(wanted))}"
                 )
             else:
                 raise ChoiceError(_closed_or_unknown(option, wanted, user_groups, profile))
         if choice is None:
             raise ChoiceError(
-                f"profile '{profile}' offers you no {option.display_name.lower()} to choose; "
+                f"profile '{profile}' offers you no {_lowered(option.display_name)} to choose; "
                 "ask an admin of this hub"
             )
         values[option.name] = choice.value

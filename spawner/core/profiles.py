@@ -394,7 +394,10 @@ def _options_agree(
     by_name = {o.name: o for o in options}
     images = by_name.get("image")
     if images is not None and image is not None:
-        match = next((c for c in images.choices if c.value == image), None)
+        matches = [c for c in images.choices if c.value == image]
+        # two keys may name one image (an alias): the default, if it is one of them
+        match = next((c for c in matches if c.key == images.default), None)
+        match = match or next(iter(matches), None)
         if match is None:
             check.fail("image", f"'{_clip(image)}' is not one of the image choices")
         elif images.default and images.default != match.key:
