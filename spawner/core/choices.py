@@ -170,7 +170,7 @@ class _Reader:
         self, name: str, key: object, raw: object, where: str, *, listed: bool = False
     ) -> Choice | None:
         spec: Mapping[Any, Any] = raw if isinstance(raw, Mapping) else {"value": raw}
-        if listed:  # the key is the value: a bad value is one mistake, named once
+        if listed and "value" in spec:  # the key is the value: one mistake, named once
             before = len(self.errors)
             self.value(name, spec["value"], f"{where}.value")
             if len(self.errors) > before:
