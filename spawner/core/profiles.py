@@ -21,6 +21,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from spawner.core.choices import (
+    ECHO_LIMIT,
     ChoiceError,
     ProfileOption,
     parse_options,
@@ -32,8 +33,6 @@ from spawner.core.choices import (
 from spawner.core.sizes import GiB, MiB, SizeError, format_size, parse_size
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
-#: At most this many characters of what a user sent are repeated back in a message.
-ECHO_LIMIT = 64
 _CONSTRAINT_RE = re.compile(r"[^\s=!]+\s*(?:==|!=)\s*\S+")
 
 
