@@ -10,18 +10,23 @@ IMAGES ?=
 ARGS ?=
 # make down STOP_SERVERS=1 also stops the users' notebook containers
 STOP_SERVERS ?= 0
+# Extra arguments for scripts/bundle.sh
+BUNDLE_ARGS ?=
 
-.PHONY: help images up down logs test bench lint
+.PHONY: help images up down logs test bench lint bundle
 
 help: ## Show this help
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-images: ## Install/start Docker if needed, build missing or changed images (IMAGES="...")
+images: ## Install/start Docker if needed, fill the wheelhouse with the host's pip, build missing or changed images (IMAGES="...")
 	@scripts/install-docker.sh
 	@scripts/build-images.sh $(IMAGES)
 
-up: ## Build what is missing, start the hub, wait for it and print the URL
-	@scripts/up.sh
+up: ## Build what is missing, start the hub, wait for it and print the URL (BUNDLE=dir: load it first)
+	@GPUWS_BUNDLE="$(BUNDLE)" scripts/up.sh
+
+bundle: ## Write every image the stack needs into one archive for offline hosts (make up BUNDLE=...)
+	@scripts/bundle.sh $(BUNDLE_ARGS)
 
 down: ## Stop the hub, keep all volumes (STOP_SERVERS=1 also stops user servers)
 	@GPUWS_STOP_SERVERS=$(STOP_SERVERS) scripts/down.sh

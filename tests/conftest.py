@@ -71,6 +71,16 @@ def notebook_images(docker_client: docker.DockerClient) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def datascience_images(
+    docker_client: docker.DockerClient, notebook_images: dict[str, str]
+) -> dict[str, str]:
+    """The default profiles' images (the data-science stack), built once per machine."""
+    build_images("datascience-cpu", "datascience-cuda")
+    v = versions()
+    return {"cpu": v["DATASCIENCE_CPU_IMAGE"], "cuda": v["DATASCIENCE_CUDA_IMAGE"]}
+
+
+@pytest.fixture(scope="session")
 def fake_gpu_hook(docker_client: docker.DockerClient, notebook_images: dict[str, str]) -> None:
     """Docker's nvidia driver is live, backed by the recording test double of the hook."""
     if not nvidia_driver_registered(docker_client, notebook_images["cpu"]):

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -47,6 +49,43 @@ def test_parse_version(text: str, parsed: tuple[int, ...]) -> None:
 )
 def test_compare_jupyterhub(image: str | None, hub: str, status: str) -> None:
     assert doctor.compare_jupyterhub(image, hub)[0] == status
+
+
+SELFTEST_OK = {
+    "modules": {"numpy": "2.4.6", "torch": "2.13.0+cpu"},
+    "import_failures": {},
+    "torch": {"torch": "2.13.0+cpu", "torch_cuda_build": None, "step_ok": True},
+}
+
+
+@pytest.mark.parametrize(
+    ("code", "output", "status", "words"),
+    [
+        (0, json.dumps(SELFTEST_OK), OK, "2 modules import; torch 2.13.0+cpu (CPU build) trains"),
+        (
+            0,
+            json.dumps({**SELFTEST_OK, "torch": {"torch": "2.13.0", "torch_cuda_build": "12.8"}}),
+            OK,
+            "torch 2.13.0 (CUDA 12.8 build)",
+        ),
+        (0, json.dumps({"modules": {"jupyterlab": "4.6.6"}}), OK, "img: 1 modules import"),
+        (
+            1,
+            json.dumps({**SELFTEST_OK, "import_failures": {"pandas": "ImportError: x"}}),
+            FAIL,
+            "pandas (ImportError: x)",
+        ),
+        (1, json.dumps({**SELFTEST_OK, "torch": {"error": "RuntimeError: y"}}), FAIL, "torch step"),
+        (3, json.dumps(SELFTEST_OK), FAIL, "gpuws-selftest exited 3"),
+        (1, "Traceback (most recent call last):\n  boom", FAIL, "exited 1 and printed Traceback"),
+        (0, "", FAIL, "printed nothing"),
+        (None, "", "SKIP", "no gpuws-selftest in it"),
+    ],
+)
+def test_selftest_row(code: int | None, output: str, status: str, words: str) -> None:
+    row = doctor.selftest_row("img", code, output)
+    assert (row.status, row.check) == (status, "image stack")
+    assert words in row.detail, row.detail
 
 
 def test_probe_error_without_the_driver_names_the_toolkit() -> None:
@@ -157,6 +196,7 @@ def test_doctor_passes_on_a_healthy_setup(fake_gpu_hook: None) -> None:
     assert statuses["docker"] == [OK]
     assert statuses["nvidia driver"] == [OK]
     assert statuses["image"] == [OK, OK]
+    assert statuses["image stack"] == [OK, OK]
     assert statuses["network"] == [OK]
     assert statuses["profiles"] == [OK]
     assert "No problems" in result.stdout
@@ -207,6 +247,26 @@ def test_doctor_reports_an_image_built_for_another_jupyterhub(
         docker_client.images.remove(tag, force=True)
     assert result.returncode == 1, result.stdout
     assert "jupyterhub 5.0.0, but the hub runs" in result.stdout
+    # An image that is not one of ours has no gpuws-selftest: said, and not a failure.
+    (row,) = [line for line in result.stdout.splitlines() if "image stack" in line and tag in line]
+    assert "SKIP" in row and "no gpuws-selftest in it" in row, row
+
+
+@pytest.mark.docker
+def test_doctor_runs_each_images_selftest(
+    fake_gpu_hook: None, datascience_images: dict[str, str]
+) -> None:
+    result = run_doctor(
+        {
+            "GPUWS_GPU_INVENTORY": "2",
+            "GPUWS_NOTEBOOK_IMAGE": datascience_images["cpu"],
+            "GPUWS_GPU_IMAGE": datascience_images["cuda"],
+        }
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("image stack")]
+    assert len(rows) == 2 and all(" OK " in row for row in rows), rows
+    assert all(re.search(r"torch \S+ \((CPU|CUDA \S+) build\) trains a step", r) for r in rows)
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ Usage: $(basename "$0") [options]
 
 Build a minimal Debian image with debootstrap and load it into Docker with
 'docker import'. Needs root, debootstrap and a running Docker engine; needs no
-container registry. The image contains python3 + python3-venv, ca-certificates
-and tini, with apt lists, caches and documentation removed.
+container registry. The image contains python3 + python3-venv, ca-certificates,
+tini and iptables, with apt lists, caches and documentation removed.
 
 Options:
   --tag NAME            image name (default: BASE_LOCAL_IMAGE from images/versions.env,
@@ -106,7 +106,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 start=$SECONDS
-include="ca-certificates,python3,python3-venv,tini"
+# iptables: the hub's network guard; with it, every image builds on this base offline.
+include="ca-certificates,python3,python3-venv,tini,iptables"
 [[ -n "$EXTRA_INCLUDE" ]] && include="$include,$EXTRA_INCLUDE"
 
 log "debootstrap $SUITE from $MIRROR into $ROOTFS (packages: $include)"

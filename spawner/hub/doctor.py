@@ -450,6 +450,7 @@ class Doctor:
                     f"{VERSION_LABEL}={self.hub_version} (`make images` does both)."
                 )
             self.add(Row(name, status, f"{image}: {words} (profiles {', '.join(users)})", fix))
+            self.add(run_selftest(self.client, image))
 
     def _probe_image(self) -> str | None:
         for image in self._images():
@@ -637,6 +638,72 @@ def mechanism_row(configured: str, supported: list[str]) -> Row:
         "Set GPUWS_GPU_MECHANISM (c.GPUDockerSpawner.gpu_mechanism) to one the engine "
         "supports, or install the NVIDIA Container Toolkit (docs/deploy.md, GPU host wiring).",
     )
+
+
+SELFTEST_TIMEOUT_S = 180
+
+
+def selftest_row(image: str, exit_code: int | None, output: str) -> Row:
+    """What an image's gpuws-selftest said, as a row (exit_code None: it did not run)."""
+    name = "image stack"
+    if exit_code is None:
+        words = "no gpuws-selftest in it (not a gpu-workspaces image); not checked"
+        return Row(name, SKIP, f"{image}: {words}")
+    try:
+        report = json.loads(output.strip().splitlines()[-1])
+        modules = dict(report["modules"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        tail = " ".join(output.split())[-200:] or "nothing"
+        return Row(name, FAIL, f"{image}: gpuws-selftest exited {exit_code} and printed {tail}")
+    failures = dict(report.get("import_failures") or {})
+    torch = report.get("torch") or {}
+    if exit_code != 0 or failures or "error" in torch:
+        broken = [f"{module} ({why})" for module, why in failures.items()]
+        if "error" in torch:
+            broken.append(f"the torch step ({torch['error']})")
+        return Row(
+            name,
+            FAIL,
+            f"{image}: " + ("; ".join(broken) or f"gpuws-selftest exited {exit_code}"),
+            "Rebuild the image with `make images`; run `docker run --rm IMAGE gpuws-selftest` "
+            "to see the whole report.",
+        )
+    detail = f"{image}: {len(modules)} modules import"
+    if torch:
+        build = f"CUDA {torch['torch_cuda_build']}" if torch.get("torch_cuda_build") else "CPU"
+        detail += f"; torch {torch['torch']} ({build} build) trains a step"
+    return Row(name, OK, detail)
+
+
+def run_selftest(client: Any, image: str) -> Row:
+    """Run the image's gpuws-selftest in a container with no network and no GPUs."""
+    import docker
+
+    container = None
+    try:
+        container = client.create_container(
+            image,
+            entrypoint=["gpuws-selftest"],
+            command=["--json"],
+            labels={PROBE_LABEL: "selftest"},
+            network_disabled=True,
+            host_config=client.create_host_config(network_mode="none", auto_remove=False),
+        )
+        try:
+            client.start(container)
+        except docker.errors.APIError as e:
+            if "executable file not found" in str(e) or "no such file" in str(e).lower():
+                return selftest_row(image, None, "")
+            raise
+        code = int(client.wait(container, timeout=SELFTEST_TIMEOUT_S)["StatusCode"])
+        output = client.logs(container, stdout=True, stderr=False).decode(errors="replace")
+        return selftest_row(image, code, output)
+    except Exception as e:  # the engine's answer, in a row: the doctor never stops on it
+        return Row("image stack", FAIL, f"{image}: gpuws-selftest could not run ({_short(e)})")
+    finally:
+        if container is not None:
+            with contextlib.suppress(Exception):
+                client.remove_container(container, force=True)
 
 
 def probe_nvidia_driver(client: Any, image: str, device: str) -> Row:
