@@ -274,6 +274,19 @@ make_context() { # name context-dir
     if [[ -n "$WHEELHOUSE" ]]; then ln -s "$WHEELHOUSE" "$ctx/wheelhouse"; else mkdir "$ctx/wheelhouse"; fi
 }
 
+# An install stage holds the wheels (GBs for torch's CUDA build): keep the stage image this
+# build used (made or taken from the cache), as the cache of the next build, and drop this
+# image's older ones. The id is the legacy builder's, after the stage's LABEL step.
+drop_old_stages() { # name build-log
+    local keep id
+    keep="$(grep -A3 '^Step .*LABEL io.gpu-workspaces.build-stage' "$2" \
+        | sed -n 's/^ ---> \([0-9a-f]\{12\}\)$/\1/p' | head -n 1)"
+    [[ -n "$keep" ]] || return 0
+    for id in $(docker images -q --filter "label=io.gpu-workspaces.build-stage=$1"); do
+        [[ "$id" == "$keep" ]] || docker image rm "$id" >/dev/null 2>&1 || true
+    done
+}
+
 # The versions each image's requirement files name (images/*/requirements*.txt): passed as
 # build arguments, so pip finds them in its environment, with or without a wheelhouse.
 NOTEBOOK_VERSIONS=(JUPYTERHUB_VERSION JUPYTERLAB_VERSION SETUPTOOLS_VERSION)
@@ -335,21 +348,18 @@ build_one() { # short-name
         build_args+=(--build-arg "$a=${!a}")
     done
 
-    prepare_wheelhouse "$name" "$base"
-    # What the wheelhouse holds (names and sizes), not how it was filled: a refill that gets
-    # the same wheels rebuilds nothing.
-    local filled=none
-    if [[ -n "$WHEELHOUSE" ]]; then
-        filled="$(cd "$WHEELHOUSE" && find . -type f ! -name .filled -printf '%P %s\n' \
-            | LC_ALL=C sort | sha256sum | cut -c1-16)"
-    fi
+    # The inputs are what the repository pins (the requirement files and versions), not the
+    # wheels a fill got: an image that is up to date is reused before any pip runs, so a host
+    # with no network reuses loaded images (make up BUNDLE=…). After changing pip's own
+    # settings (another index, a CPU build of torch), rebuild with --force.
     local hash
-    hash="$(hash_inputs "base=$base_id wheelhouse=$filled ${build_args[*]}" "${inputs[@]}" images/versions.env)"
+    hash="$(hash_inputs "base=$base_id ${build_args[*]}" "${inputs[@]}" images/versions.env)"
 
     if [[ "$FORCE" -eq 0 && "$(image_label "$image" io.gpu-workspaces.build-hash)" == "$hash" ]]; then
         report "$name" "$image" reused "$((SECONDS - t0))" "(base $base)"
         return 0
     fi
+    prepare_wheelhouse "$name" "$base"
 
     # Downloads are needless with a wheelhouse on a base that has what the system step would
     # otherwise install (python3-venv, tini, iptables for the hub): then the build runs with
@@ -371,28 +381,24 @@ build_one() { # short-name
     local log="$STATE/$name.log" old_id ctx="$STATE/context/$name" no_cache=()
     [[ "${GPUWS_BUILD_NO_CACHE:-0}" == 1 ]] && no_cache=(--no-cache)
     make_context "$name" "$ctx"
-    local started
-    started="$(date +%s)"
     old_id="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
     local cmd=(docker build --network "$network" -f "$(basename "$dir")/Dockerfile" -t "$image"
                "${no_cache[@]+"${no_cache[@]}"}"
-               --label "io.gpu-workspaces.build-hash=$hash" "${build_args[@]}" -)
+               --label "io.gpu-workspaces.build-hash=$hash" --build-arg "STAGE_OF=$name"
+               "${build_args[@]}" -)
     # The context goes as a tar stream: the linked folders, without caches and fill logs.
     send_context() {
         tar -ch -C "$ctx" --exclude=__pycache__ --exclude='*.py[cod]' --exclude='*.log' \
             --exclude=.filled . | "${cmd[@]}"
     }
     if [[ "$VERBOSE" -eq 1 ]]; then
-        send_context
+        send_context | tee "$log"
     elif ! send_context >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         gpuws_die "building $image failed (full log: $log)"
     fi
     rm -rf "$ctx"
-    # The install stages hold the wheels (GBs for torch's CUDA build): keep the one this
-    # build made, as a cache for the next, and drop the older ones of every image.
-    docker image prune --force --filter label=io.gpu-workspaces.build-stage \
-        --filter "until=$started" >/dev/null 2>&1 || true
+    drop_old_stages "$name" "$log"
     # Drop the image this one replaced, unless something still uses or names it
     # (docker refuses to remove those without --force).
     if [[ -n "$old_id" && "$old_id" != "$(docker image inspect -f '{{.Id}}' "$image")" ]]; then

@@ -78,9 +78,13 @@ def test_default_gpu_profile_runs_a_training_step_with_the_meters_on_the_page(
 
             # The managed-site settings, as JupyterLab serves them to this page.
             base = page.url.split("/lab", 1)[0]
-            settings = page.request.get(
+            # overrides.json becomes the schema's defaults, as the server sends them
+            schema = page.request.get(
                 f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification"
-            ).json()["settings"]
+            ).json()["schema"]["properties"]
+            manager = page.request.get(
+                f"{base}/lab/api/settings/@jupyterlab/extensionmanager-extension:plugin"
+            ).json()["schema"]["properties"]
             news = page.request.get(f"{base}/lab/api/news").json()
             update = page.request.get(f"{base}/lab/api/update").json()
 
@@ -90,6 +94,10 @@ def test_default_gpu_profile_runs_a_training_step_with_the_meters_on_the_page(
     assert seen["NVIDIA_VISIBLE_DEVICES"] in {"0", "1"}
     assert seen["LOSS_DOWN"] == "True" and seen["CUDA"] == "False"
     assert seen["TORCH"].startswith(container.image.labels["io.gpu-workspaces.torch"])
-    assert (settings["fetchNews"], settings["checkForUpdates"]) == ("false", False)
+    assert (schema["fetchNews"]["default"], schema["checkForUpdates"]["default"]) == (
+        "false",
+        False,
+    )
+    assert manager["enabled"]["default"] is False
     assert news == {"news": []}
     assert update == {"notification": None}
