@@ -525,6 +525,8 @@ def render(results: dict[str, Any]) -> str:
                     f"{_f(b.get('warm_s'), 1)} | "
                     f"{_f(b.get('build_images_sh_up_to_date_s'), 1)} |"
                 )
+        if builds.get("cold_from"):
+            out += ["", f"Cold figures from {builds['cold_from']}."]
         if "all_cold_with_an_empty_wheelhouse_s" in builds:
             out += [
                 "",
