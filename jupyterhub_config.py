@@ -28,6 +28,7 @@ from spawner.hub.config import (
 )
 from spawner.hub.dashboard import handlers as gpu_dashboard_handlers
 from spawner.hub.reclaim import idle_culler_service, reclaimer_service
+from spawner.hub.sessionapi import handlers as session_handlers
 from spawner.hub.startup import start_with_hub
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
@@ -84,6 +85,9 @@ else:
 
 # --- who may log in -------------------------------------------------------------------
 admins = set(env_list("GPUWS_ADMIN_USERS")) or {"admin"}
+# the hub's pages this package changes (the progress page offers a browser notification)
+hub_templates = os.path.join(os.path.dirname(__import__("spawner").__file__), "templates", "hub")
+c.JupyterHub.template_paths = [hub_templates]
 authenticator = env_str("GPUWS_AUTHENTICATOR", "native")
 if authenticator == "native":
     # Sign-up on the login page; an admin approves each new user at /hub/authorize.
@@ -109,7 +113,8 @@ if authenticator == "native":
             raise ConfigError(f"GPUWS_ADMIN_PASSWORD: {problem}")
         c.NativeAuthenticator.admin_password = admin_password
     c.JupyterHub.template_paths = [
-        os.path.join(os.path.dirname(__import__("nativeauthenticator").__file__), "templates")
+        hub_templates,
+        os.path.join(os.path.dirname(__import__("nativeauthenticator").__file__), "templates"),
     ]
 else:
     # e.g. "dummy" for demos and tests, or "github" / "generic-oauth" (see docs/authentication.md)
@@ -184,16 +189,19 @@ if idle_timeout:
     culler, culler_role = idle_culler_service(idle_timeout, check_every)
     c.JupyterHub.services.append(culler)
     c.JupyterHub.load_roles.append(culler_role)
+# JupyterLab warns this long before an idle reclaim or a session limit (docs/in-session.md).
+c.GPUReclaimer.warn_before = env_number("GPUWS_STOP_WARNING", 600.0) or 0.0
+c.GPUReclaimer.status_poll_interval = env_number("GPUWS_STATUS_POLL_INTERVAL", 15.0, minimum=1)
 # The reclaimer acts through the REST API as the service gpu-reclaimer (users:activity and
-# delete:servers only); its token is made once and kept with the other secrets.
-if idle_timeout or gpu_idle_timeout:
-    reclaimer_token = secret_file(os.path.join(state_dir, "reclaimer_api_token"))
-    c.GPUReclaimer.api_token = reclaimer_token
-    reclaimer, reclaimer_role = reclaimer_service(reclaimer_token)
-    c.JupyterHub.services.append(reclaimer)
-    c.JupyterHub.load_roles.append(reclaimer_role)
+# delete:servers only); its token is made once and kept with the other secrets. It runs
+# even with both timeouts off: profiles' session limits (max_age) need it.
+reclaimer_token = secret_file(os.path.join(state_dir, "reclaimer_api_token"))
+c.GPUReclaimer.api_token = reclaimer_token
+reclaimer, reclaimer_role = reclaimer_service(reclaimer_token)
+c.JupyterHub.services.append(reclaimer)
+c.JupyterHub.load_roles.append(reclaimer_role)
 # /hub/gpus (page) and /hub/api/gpus (JSON), for admins: every GPU, its holder, the queue.
-c.JupyterHub.extra_handlers = gpu_dashboard_handlers()
+c.JupyterHub.extra_handlers = gpu_dashboard_handlers() + session_handlers()
 # /hub/metrics (jupyterhub_gpus_*, jupyterhub_gpu_*) needs a token with read:metrics:
 # GPUWS_METRICS_TOKEN becomes the token of a "prometheus" service holding only that scope.
 if metrics_token := env_str("GPUWS_METRICS_TOKEN"):

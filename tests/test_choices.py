@@ -784,14 +784,14 @@ def _note(what: str, old: str, new: str) -> str:
             [],
             "cpu",
             {},
-            ["Your last profile ('old-gpu') is no longer offered to you; 'cpu' is used instead."],
+            ["Your last profile ('old-gpu') is no longer offered to you; 'cpu' is preselected."],
         ),
         (
             {"profile": "old-gpu", "image": "jax"},
             [],
             "cpu",
             {},
-            ["Your last profile ('old-gpu') is no longer offered to you; 'cpu' is used instead."],
+            ["Your last profile ('old-gpu') is no longer offered to you; 'cpu' is preselected."],
         ),
         # unknown saved keys are dropped without a word; what still applies is kept
         (
@@ -825,8 +825,12 @@ def test_saved_choices_that_no_longer_apply_fall_back_with_a_sentence(
     assert selection.applied.slug == slug
     assert dict(selection.choices) == choices
     assert list(selection.notes) == notes
-    for note in selection.notes:  # a sentence a person reads on the progress page
-        assert note[0].isupper() and note.endswith(" is used instead.") and "\n" not in note
+    for note in selection.notes:  # a sentence a person reads on the progress page or form
+        assert note[0].isupper() and note.endswith((" is used instead.", " is preselected."))
+        assert "\n" not in note
+    # a removed profile is named, so that a start can refuse it; a removed choice is not
+    removed = isinstance(options, dict) and options.get("profile") == "old-gpu"
+    assert selection.profile_gone == ("old-gpu" if removed else None)
 
 
 def test_a_saved_choice_key_is_echoed_at_most_64_characters() -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import docker
@@ -37,6 +39,11 @@ def gpus(count: int, first_index: int) -> str:
             for i in range(count)
         ]
     )
+
+
+def _unix(stamp: str) -> float:
+    """Unix time of a time the REST API shows (ISO 8601, UTC, with a Z)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def last_activity(hub: Hub, user: str) -> str:
@@ -120,7 +127,7 @@ def test_idle_gpu_server_is_reclaimed_and_its_gpu_goes_to_the_waiting_user(
         env={
             "GPUWS_GPU_INVENTORY": gpus(1, 50),
             "GPUWS_GPU_WAIT_TIMEOUT": "300",
-            "GPUWS_GPU_IDLE_TIMEOUT": "6",
+            "GPUWS_GPU_IDLE_TIMEOUT": "12",
             "GPUWS_IDLE_TIMEOUT": "3600",
             "GPUWS_IDLE_CHECK_INTERVAL": "1",
         },
@@ -131,14 +138,25 @@ def test_idle_gpu_server_is_reclaimed_and_its_gpu_goes_to_the_waiting_user(
     ann = hub.server_container(docker_client, "ann")
     (gpu,) = visible_gpus(docker_client, ann.id)
 
+    # ann's idle deadline, as the session endpoint gives it to her JupyterLab
+    session = hub.api("GET", "/gpus/servers/ann").json()
+    deadline = _unix(session["idle"]["deadline"])
+    assert deadline == pytest.approx(_unix(last_activity(hub, "ann")) + 12, abs=1), session
+
     r = hub.request_spawn("ben", {"profile": "gpu-1"})
     assert r.status_code == 202, r.text
     # ben's progress page, while he waits for ann's GPU to be reclaimed
     events = hub.progress_events("ben")
+    ready_at = time.time()
 
     assert events[-1].get("ready"), events
     messages = [str(e.get("message", "")) for e in events]
-    waiting = messages.index("Waiting for 1 GPU, 0 requests ahead of you")
+    waiting = next(i for i, m in enumerate(messages) if m.startswith("Waiting for 1 GPU, 0 req"))
+    # the estimate is ann's reclaim deadline (within the check interval), in words and as data
+    estimate = events[waiting]["gpuws_estimate"]
+    assert estimate["freed"] == 1 and estimate["at"] == pytest.approx(deadline, abs=1), events
+    assert "1 GPU frees up by then through idle reclaim" in messages[waiting], messages
+    assert deadline - 1 <= ready_at, "ben got the GPU before ann's deadline"
     creating = messages.index("Creating the container")
     starting = messages.index("Starting the notebook server")
     assert waiting < creating < starting, messages

@@ -203,6 +203,9 @@ def test_allowed_keys() -> None:
         "groups",
         "constraints",
         "options",
+        "max_age",
+        "max_extensions",
+        "extend_by",
         "allowed_images",
     )
 

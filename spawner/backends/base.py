@@ -48,6 +48,7 @@ from spawner.core.devices import (
     validate_device_id,
 )
 from spawner.core.hardening import is_root_user
+from spawner.core.idle import to_unix
 from spawner.core.plan import (
     ONE_GPU_REQUEST,
     SpawnPlan,
@@ -56,7 +57,7 @@ from spawner.core.plan import (
     image_for,
     resolve_plan,
 )
-from spawner.core.pool import Quota
+from spawner.core.pool import PoolView, Quota
 from spawner.core.profiles import (
     Profile,
     ProfileError,
@@ -66,6 +67,15 @@ from spawner.core.profiles import (
     parse_profiles,
     select,
     visible_profiles,
+)
+from spawner.core.session import (
+    Deadlines,
+    Estimate,
+    SessionLimit,
+    deadlines,
+    estimate_sentence,
+    estimate_wait,
+    limit_from_state,
 )
 from spawner.core.sizes import GiB, SizeError, parse_size
 from spawner.runtime.runtime import GPUSource, HubRuntime, RuntimeSettings, create_runtime
@@ -468,6 +478,11 @@ class WorkspaceMixin(LoggingConfigurable):
         self._plan: SpawnPlan | None = None
         self._options_applied = False  # apply_user_options ran for this spawn
         self._option_notes: tuple[str, ...] = ()  # saved choices that fell back, for progress
+        # the session limit this server runs under (its profile's at the start), and how
+        # often its user extended it; kept in the state, so a hub restart keeps both
+        self.session_limit: SessionLimit | None = None
+        self.session_extensions = 0
+        self._last_wait_message = ""
         self._progress_events: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
         self._check_gpu_options()
@@ -543,6 +558,7 @@ class WorkspaceMixin(LoggingConfigurable):
         self.profile_slug = state.get("profile", "")
         self.gpu_ids = list(state.get("gpu_ids", []))
         self.option_choices = dict(state.get("choices", {}))
+        self.session_limit, self.session_extensions = limit_from_state(state.get("session"))
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()  # type: ignore[misc]
@@ -552,13 +568,41 @@ class WorkspaceMixin(LoggingConfigurable):
             state["gpu_ids"] = list(self.gpu_ids)
         if self.option_choices:
             state["choices"] = dict(self.option_choices)
+        if self.session_limit is not None:
+            state["session"] = self.session_limit.to_state(self.session_extensions)
         return state
+
+    async def running_profile(self) -> Profile | None:
+        """The profile this server was started with (after a hub restart, found again by its
+        slug among the configured ones); None without profiles or once it is gone."""
+        if self._profile is not None or not self.profile_slug or not self.profiles:
+            return self._profile
+        try:
+            profiles = await self._parsed_profiles()  # all of them: one's groups may change
+        except (ProfileError, UserOptionsError):
+            return None
+        return next((p for p in profiles if p.slug == self.profile_slug), None)
+
+    def stop_deadlines(self, gpu_idle_timeout: float) -> Deadlines:
+        """When idle reclaim (after ``gpu_idle_timeout``) and the session limit would stop
+        this server, from the hub's record of its start and last activity."""
+        orm = self.orm_spawner
+        return deadlines(
+            started=to_unix(orm.started) if orm is not None else None,
+            last_activity=to_unix(orm.last_activity) if orm is not None else None,
+            holds_gpus=bool(self.gpu_ids),
+            gpu_idle_timeout=gpu_idle_timeout,
+            limit=self.session_limit,
+            extensions_used=self.session_extensions,
+        )
 
     def clear_state(self) -> None:
         super().clear_state()  # type: ignore[misc]
         self.profile_slug = ""
         self.gpu_ids = []
         self.option_choices = {}
+        self.session_limit = None
+        self.session_extensions = 0
         self._profile = None
         self._plan = None
         self._options_applied = False
@@ -846,6 +890,19 @@ class WorkspaceMixin(LoggingConfigurable):
     def _default_apply_user_options(self) -> Any:
         return WorkspaceMixin._apply_profile
 
+    def _refuse_gone_profile(self, selection: Selection) -> None:
+        """A start that reuses saved options naming a profile no longer offered (removed, or
+        its group left) starts nothing: the form, with the default preselected, is the way on."""
+        hub_url = str(getattr(getattr(self, "hub", None), "base_url", "/hub/"))
+        form_url = f"{hub_url}spawn/{self.user.name}" + (f"/{self.name}" if self.name else "")
+        message = (
+            f"Your last profile ('{selection.profile_gone}') is no longer offered to you, so "
+            f"nothing was started; choose a profile on the form at {form_url} "
+            f"('{selection.profile.slug}' is preselected)."
+        )
+        self.log.info("spawn of %s refused: %s", self._log_name, message)
+        raise WorkspaceError(message, reason="user_options", status_code=409)
+
     async def _apply_profile(self, user_options: Any) -> None:
         """Validate what the user asked for (form or REST API) and apply their profile."""
         self._options_applied = True
@@ -859,10 +916,14 @@ class WorkspaceMixin(LoggingConfigurable):
             selection = select(profiles, user_options or {}, self._user_groups(), saved=saved)
         except UserOptionsError as e:
             raise WorkspaceError(str(e), reason="user_options") from None
+        if selection.profile_gone is not None:
+            self._refuse_gone_profile(selection)
         for note in selection.notes:
             self.log.info("spawn of %s: %s", self._log_name, note)
         self._option_notes = selection.notes
         profile = selection.applied
+        self.session_limit = profile.session_limit()
+        self.session_extensions = 0
         self._profile = profile
         self.profile_slug = profile.slug
         self.option_choices = dict(selection.choices)
@@ -904,8 +965,50 @@ class WorkspaceMixin(LoggingConfigurable):
 
     # -- sizes, labels, progress, readiness ------------------------------------------
 
-    def _report(self, message: str, progress: int | None = None) -> None:
-        event: dict[str, Any] = {"message": message}
+    def queue_estimate(self, view: PoolView, ahead: int, count: int) -> Estimate | None:
+        """When a request waiting behind ``ahead`` others should get its ``count`` GPUs, from
+        the holders' idle-reclaim and session-limit deadlines; None without a reclaimer."""
+        estimator = self.runtime.release_estimator
+        if estimator is None:
+            return None
+        running = dict(self.runtime.servers.running())
+        held: dict[str, tuple[int, float | None]] = {}
+        releases: list[tuple[int, float | None]] = []
+        for gpu in view.gpus:
+            holding = gpu.holding
+            if gpu.state == "external" or (gpu.state == "held" and holding is None):
+                releases.append((1, None))  # a container outside the hub: no rule applies
+            elif holding is not None:
+                key = (holding.user, holding.server)
+                server = running.get(key)
+                n, when = held.get(holding.holder, (0, None))
+                if not n and server is not None:
+                    when = estimator(key, server)
+                held[holding.holder] = (n + 1, when)
+        return estimate_wait(
+            [*releases, *held.values()],
+            free=view.count("free"),
+            ahead=[w.count for w in view.queue[:ahead]],
+            count=count,
+            now=time.time(),
+        )
+
+    def report_wait(self, ahead: int, count: int, estimate: Estimate | None) -> None:
+        """The progress page's line while a request waits for GPUs, with the estimate also
+        as a field (``gpuws_estimate``: ``at``, Unix time or None, and ``freed``)."""
+        plural = "GPU" if count == 1 else "GPUs"
+        message = f"Waiting for {count} {plural}, {ahead} request{'s' if ahead != 1 else ''} "
+        message += "ahead of you."
+        fields: dict[str, Any] = {}
+        if estimate is not None:
+            message += " " + estimate_sentence(estimate, time.time())
+            fields["gpuws_estimate"] = {"at": estimate.at, "freed": estimate.freed}
+        if message != self._last_wait_message:  # the pool reports at every wake-up
+            self._last_wait_message = message
+            self._report(message, **fields)
+
+    def _report(self, message: str, progress: int | None = None, **fields: Any) -> None:
+        event: dict[str, Any] = {"message": message, **fields}
         if progress is not None:
             event["progress"] = progress
         self._progress_events.append(event)

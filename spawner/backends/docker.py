@@ -596,13 +596,9 @@ class GPUDockerSpawner(WorkspaceMixin, DockerSpawner):  # type: ignore[misc]
 
     async def _wait_for_gpus(self, pool: GPUPool) -> list[str]:
         """``gpu_count`` free GPUs from the pool, first come first served (the queue)."""
-        plural = "GPU" if self.plan.gpu_count == 1 else "GPUs"
 
         def report(ahead: int, count: int) -> None:
-            self._report(
-                f"Waiting for {count} {plural}, "
-                f"{ahead} request{'s' if ahead != 1 else ''} ahead of you"
-            )
+            self.report_wait(ahead, count, self.queue_estimate(pool.view(), ahead, count))
 
         try:
             with timed_gpu_wait():  # jupyterhub_gpu_wait_duration_seconds

@@ -18,6 +18,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def to_unix(value: datetime | None) -> float | None:
+    """Unix time of a time as JupyterHub stores it (UTC without tzinfo); None stays None."""
+    return value.replace(tzinfo=UTC).timestamp() if value is not None else None
+
+
 # -- the decision ---------------------------------------------------------------------------
 
 
@@ -27,21 +32,25 @@ class Observed:
 
     ``busy``: a kernel is executing (None: the server did not say). ``utilization``: percent
     per GPU id, None where unknown (no NVML, MIG device, or a static inventory).
+    ``session_deadline``: when its profile's session limit falls due (Unix time; None: none).
     """
 
     last_activity: datetime | None
     busy: bool | None
     holds_gpus: bool
     utilization: Mapping[str, int | None]
+    session_deadline: float | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
-    """``keep``: leave it; ``active``: record activity now; ``reclaim``: stop it."""
+    """``keep``: leave it; ``active``: record activity now; ``reclaim``: stop it (``rule``:
+    ``"idle"`` or ``"session"``, which rule stops it)."""
 
     action: str
     reason: str
     idle_seconds: float
+    rule: str = "idle"
 
 
 def gpus_in_use(utilization: Mapping[str, int | None], threshold: int) -> list[str]:
@@ -59,11 +68,15 @@ def decide(
 ) -> Decision:
     """Whether a running server is active, may stay, or is reclaimed as idle.
 
-    A busy kernel always wins: a running training job is never taken for idle. A server that
-    did not say whether a kernel is busy is left alone (the idle culler remains the backstop).
+    A session limit that has fallen due stops the server, busy or not (its user was warned).
+    Otherwise a busy kernel wins: a running training job is never taken for idle. A server
+    that did not say whether a kernel is busy is left alone (the idle culler is the backstop).
     """
     last = observed.last_activity
     idle = max((now - last).total_seconds(), 0.0) if last is not None else 0.0
+    due = observed.session_deadline
+    if due is not None and now.replace(tzinfo=UTC).timestamp() >= due:
+        return Decision("reclaim", "its session limit is reached", idle, rule="session")
     if observed.busy:
         return Decision("active", "a kernel is busy", 0.0)
     if observed.holds_gpus and require_no_gpu_utilization:

@@ -309,8 +309,9 @@ class GPUPool:
 
         The queue is strict FIFO: a request never overtakes the one at its head, even when
         enough GPUs for it are free (so a large request is never starved by small ones).
-        ``report(ahead, count)`` is called whenever the wait state changes, so the spawn
-        progress page can say how many requests are ahead. Quotas are checked under the lock,
+        ``report(ahead, count)`` is called at each wake-up while the request waits (a change,
+        or every recheck interval), so the spawn progress page can say how many requests are
+        ahead and when its turn should come. Quotas are checked under the lock,
         so two concurrent spawns of one user cannot both slip under the limit. A user already
         waiting ``max_waiting_per_user`` times is refused at once (QueueLimitReached).
         """
@@ -325,7 +326,6 @@ class GPUPool:
         ticket = _Ticket(holder, count, user=user, server=server, profile=profile)
         self._queue.append(ticket)
         deadline = time.monotonic() + max(timeout, 0.0)
-        last_reported: int | None = None
         try:
             while True:
                 # Taken before the attempt: a release during the attempt sets this very event,
@@ -353,10 +353,8 @@ class GPUPool:
                     if shortage is not None and timeout <= 0:
                         raise shortage
                     raise GPUWaitTimeout(self._timeout_message(count, timeout, ticket))
-                ahead = self._queue.index(ticket)
-                if report is not None and ahead != last_reported:
-                    report(ahead, count)
-                    last_reported = ahead
+                if report is not None:
+                    report(self._queue.index(ticket), count)
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn a cancel that
                 # lands as its own timeout fires into a TimeoutError, and a cancelled spawn
                 # (a stop while it waits) would go on waiting in the queue.

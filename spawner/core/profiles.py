@@ -30,6 +30,7 @@ from spawner.core.choices import (
 from spawner.core.choices import (
     clip as _clip,
 )
+from spawner.core.session import SessionLimit, parse_duration
 from spawner.core.sizes import GiB, MiB, SizeError, format_size, parse_size
 
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
@@ -64,6 +65,16 @@ class Profile:
     groups: tuple[str, ...] = ()  # empty: everyone may use it
     constraints: tuple[str, ...] = ()  # Swarm placement, e.g. "node.labels.gpu==a100"
     options: tuple[ProfileOption, ...] = ()  # settings the user chooses (spawner.core.choices)
+    max_age: float | None = None  # seconds one server may run (its session limit); None: no limit
+    max_extensions: int = 0  # how often its user may extend that limit ("Extend" in JupyterLab)
+    extend_by: float | None = None  # seconds one extension adds; None: max_age
+
+    def session_limit(self) -> SessionLimit | None:
+        """The session limit a server of this profile runs under; None without ``max_age``."""
+        if self.max_age is None:
+            return None
+        extend_by = self.extend_by if self.extend_by is not None else self.max_age
+        return SessionLimit(self.max_age, self.max_extensions, extend_by)
 
     def limits_summary(self) -> str:
         """Memory and CPU limits in a few words, e.g. ``"16 GiB RAM · 4 CPUs"``; may be empty."""
@@ -361,6 +372,7 @@ def _parse_one(
             for choice in option.choices if option.name == "image" else ():
                 if choice.value not in allowed_images:
                     check.fail("options", f"image '{_clip(choice.value)}' is not allowed here")
+    session = _session_fields(check, item)
     if len(errors) > before or slug is None or display_name is None:
         return None
     return Profile(
@@ -376,7 +388,28 @@ def _parse_one(
         groups=groups,
         constraints=constraints,
         options=options,
+        **session,
     )
+
+
+def _session_fields(check: _Checker, item: Mapping[Any, Any]) -> dict[str, Any]:
+    """``max_age``, ``max_extensions`` and ``extend_by``, checked (durations in seconds)."""
+    fields: dict[str, Any] = {}
+    for key in ("max_age", "extend_by"):
+        if item.get(key) is not None:
+            try:
+                fields[key] = parse_duration(item[key])
+            except ValueError as e:
+                check.fail(key, str(e))
+    extensions = item.get("max_extensions", 0)
+    if isinstance(extensions, bool) or not isinstance(extensions, int) or extensions < 0:
+        check.fail("max_extensions", f"must be a whole number ≥ 0, got {_shown(extensions)}")
+    elif extensions:
+        fields["max_extensions"] = extensions
+    for key in ("max_extensions", "extend_by"):
+        if item.get(key) and item.get("max_age") is None:
+            check.fail(key, "needs max_age (the session limit it extends)")
+    return fields
 
 
 def _options_agree(
@@ -546,6 +579,7 @@ class Selection:
     applied: Profile
     choices: Mapping[str, str]
     notes: tuple[str, ...] = ()
+    profile_gone: str | None = None  # a saved profile no longer offered (a start refuses it)
 
 
 def _pick_profile(
@@ -562,7 +596,7 @@ def _pick_profile(
     if saved:
         return fallback, [
             f"Your last profile ('{_clip(wanted)}') is no longer offered to you; "
-            f"'{fallback.slug}' is used instead."
+            f"'{fallback.slug}' is preselected."
         ]
     if not isinstance(wanted, str):
         raise UserOptionsError(
@@ -588,8 +622,9 @@ def select(
     the user's groups (none: the default choice). Anything else raises
     :class:`UserOptionsError` (and nothing else), repeating at most :data:`ECHO_LIMIT`
     characters of what the user sent. ``saved``: the options are the user's earlier ones
-    (JupyterHub reuses them when a start sends none); a profile or choice no longer offered
-    then falls back to the default, with a sentence in ``notes``.
+    (JupyterHub reuses them when a start sends none); a choice no longer offered then falls
+    back to the default, with a sentence in ``notes``; so does a profile no longer offered,
+    which also sets ``profile_gone``: the form preselects the default, a start refuses it.
     """
     if not isinstance(options, dict):
         if not saved:
@@ -614,7 +649,8 @@ def select(
     except ChoiceError as e:
         raise UserOptionsError(str(e)) from None
     applied = dataclasses.replace(profile, **picked.values) if picked.values else profile  # type: ignore[arg-type]
-    return Selection(profile, applied, dict(picked.keys), (*notes, *picked.notes))
+    gone = _clip(str(options["profile"])) if notes else None
+    return Selection(profile, applied, dict(picked.keys), (*notes, *picked.notes), gone)
 
 
 def resolve_user_options(profiles_visible: Sequence[Profile], options: object) -> Profile:

@@ -25,7 +25,7 @@ from jupyterhub.handlers.base import BaseHandler
 from tornado import web
 
 from spawner.backends.errors import docker_trouble
-from spawner.core.idle import Decision
+from spawner.core.idle import Decision, to_unix
 from spawner.core.pool import GPUView, PoolView, Waiting
 from spawner.hub.reclaim import reclaimer_for
 from spawner.runtime.nvml import GPUSample, GPUSampler
@@ -42,10 +42,6 @@ def iso(unix_time: float | None) -> str | None:
     if not unix_time:
         return None
     return datetime.fromtimestamp(unix_time, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _naive_utc_to_unix(value: datetime | None) -> float | None:
-    return value.replace(tzinfo=UTC).timestamp() if value is not None else None
 
 
 def gpu_entry(
@@ -169,7 +165,7 @@ class _DashboardMixin:
             entry: dict[str, Any] = {"last_activity": None, "idle_seconds": None, "state": None}
             orm_user = self.find_user(holding.user) if holding.user else None
             orm_spawner = orm_user.orm_user.orm_spawners.get(holding.server) if orm_user else None
-            last = _naive_utc_to_unix(orm_spawner.last_activity) if orm_spawner else None
+            last = to_unix(orm_spawner.last_activity) if orm_spawner else None
             if last is not None:
                 entry["last_activity"] = iso(last)
                 entry["idle_seconds"] = max(round(now - last), 0)

@@ -15,7 +15,14 @@ Two parts work together (docs/operations.md, "Idle reclaim"):
      show utilisation is active the same way (with a static inventory there is no NVML, so
      activity alone decides);
   3. a GPU server idle for ``gpu_idle_timeout`` (shorter than the CPU timeout) is stopped;
-     its GPUs go back to the pool at once and the next spawn in the queue gets them.
+     its GPUs go back to the pool at once and the next spawn in the queue gets them;
+  4. a server past its profile's session limit (``max_age``, plus its extensions) is stopped,
+     busy or not.
+
+Before either stop, the JupyterLab extension in the server warns its user ``warn_before``
+seconds ahead, from the deadlines :mod:`spawner.hub.sessionapi` serves; "Keep running"
+records activity, "Extend" uses one of the profile's extensions. The same deadlines give
+the queue its estimate (:meth:`GPUReclaimer.release_at`).
 
 The decision is the pure function :func:`~spawner.core.idle.decide`; the loop only gathers
 what it needs and acts as the service ``gpu-reclaimer`` through the hub's public REST API
@@ -39,6 +46,7 @@ from traitlets import Bool, Float, Int, TraitError, Unicode, validate
 from traitlets.config import Config, LoggingConfigurable
 
 from spawner.core.idle import Decision, Observed, decide, kernels_busy, utcnow
+from spawner.core.session import IDLE
 from spawner.runtime import metrics
 from spawner.runtime.nvml import GPUSample, GPUSampler
 from spawner.runtime.runtime import HubRuntime, get_runtime
@@ -105,6 +113,21 @@ class GPUReclaimer(LoggingConfigurable):
         max=100,
         config=True,
         help="GPU utilisation (percent) from which a sample counts as the GPU being in use.",
+    )
+    warn_before = Float(
+        600.0,
+        min=0.0,
+        config=True,
+        help="""Seconds before an idle reclaim or a session limit at which JupyterLab warns
+        the server's user (a notification with "Keep running", or "Extend" where the profile
+        allows it). 0: no warning.""",
+    )
+    status_poll_interval = Float(
+        15.0,
+        min=1.0,
+        config=True,
+        help="""Seconds between two reads of the session endpoint by the JupyterLab
+        extension of each server (the status bar and the warnings).""",
     )
     kernel_check_timeout = Float(
         10.0,
@@ -173,13 +196,15 @@ class GPUReclaimer(LoggingConfigurable):
 
     @property
     def enabled(self) -> bool:
+        """Whether idle culling or GPU reclaim is on (session limits are enforced anyway)."""
         return bool(self.idle_timeout or self.gpu_idle_timeout)
 
     # -- the loop -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the checks (the runtime calls this when its first server is tracked)."""
-        if not self.enabled or self._runtime is None:
+        """Start the checks (the runtime calls this when its first server is tracked); they
+        run even with both timeouts off, as profiles' session limits need them."""
+        if self._runtime is None:
             return
         if self._task is None or self._task.done():
             self._task = self._runtime.spawn(self._run())
@@ -231,11 +256,13 @@ class GPUReclaimer(LoggingConfigurable):
         self, spawner: Any, busy: bool | None, samples: Mapping[str, GPUSample], now: datetime
     ) -> Decision:
         ids = list(getattr(spawner, "gpu_ids", None) or [])
+        limits = getattr(spawner, "stop_deadlines", None)
         observed = Observed(
             last_activity=spawner.orm_spawner.last_activity,  # read only
             busy=busy,
             holds_gpus=bool(ids),
             utilization={i: samples[i].utilization if i in samples else None for i in ids},
+            session_deadline=limits(self.gpu_idle_timeout).session if limits else None,
         )
         return decide(
             observed,
@@ -301,8 +328,26 @@ class GPUReclaimer(LoggingConfigurable):
         stopped = await self._call("DELETE", spawner, path, None, f"stop {spawner._log_name}")
         if not stopped:
             return None
-        metrics.count_idle_reclaim()
+        if decision.rule == IDLE:
+            metrics.count_idle_reclaim()
+        else:
+            metrics.count_session_limit_stop()
         return str(spawner._log_name)
+
+    # -- what the session endpoint and the queue read -------------------------------------------
+
+    def release_at(self, key: tuple[str, str], spawner: Any) -> float | None:
+        """When this server's GPUs free up at the latest by idle reclaim or its session limit
+        (Unix time), None when neither applies; a server last seen active (busy kernel, GPU in
+        use) has no idle deadline one can count on, so only its session limit counts."""
+        limits = getattr(spawner, "stop_deadlines", None)
+        if limits is None:
+            return None
+        due = limits(self.gpu_idle_timeout)
+        decision = self.last_decisions.get(key)
+        idle = None if decision is not None and decision.action == "active" else due.idle
+        known = [t for t in (idle, due.session) if t is not None]
+        return min(known) if known else None
 
     async def _call(self, method: str, spawner: Any, path: str, body: Any, what: str) -> bool:
         """One request to the hub's REST API as ``gpu-reclaimer``; a failure is logged with a
@@ -374,6 +419,7 @@ def reclaimer_for(config: Config | None = None) -> GPUReclaimer:
 
     def make() -> GPUReclaimer:
         made = GPUReclaimer(runtime, config=config)
+        runtime.release_estimator = made.release_at
         runtime.servers.on_first(made.start)
         if len(runtime.servers):  # servers tracked before the reclaimer was attached
             try:

@@ -10,6 +10,7 @@ for counters):
 - ``jupyterhub_gpu_wait_duration_seconds{status}``: how long spawns waited for their GPUs;
 - ``jupyterhub_gpu_allocations_total{profile}``: GPU allocations, by profile;
 - ``jupyterhub_gpu_idle_reclaimed_total``: GPU servers stopped for being idle.
+- ``jupyterhub_session_limit_stops_total``: servers stopped at their profile's session limit.
 
 No Docker import: the hub runtime hands in its GPU sources.
 """
@@ -46,6 +47,11 @@ GPU_ALLOCATIONS = Counter(
 GPU_IDLE_RECLAIMED = Counter(
     "jupyterhub_gpu_idle_reclaimed",
     "GPU servers stopped because they were idle (their GPUs went back to the pool)",
+)
+
+SESSION_LIMIT_STOPS = Counter(
+    "jupyterhub_session_limit_stops",
+    "Servers stopped because their profile's session limit (max_age) was reached",
 )
 
 #: The profile label when a server runs without profiles (static ``gpu_count``).
@@ -85,6 +91,10 @@ def count_allocation(profile: str) -> None:
 
 def count_idle_reclaim() -> None:
     GPU_IDLE_RECLAIMED.inc()
+
+
+def count_session_limit_stop() -> None:
+    SESSION_LIMIT_STOPS.inc()
 
 
 class SourceCollector(Collector):
@@ -133,9 +143,11 @@ __all__ = [
     "GPU_ALLOCATIONS",
     "GPU_IDLE_RECLAIMED",
     "GPU_WAIT_DURATION",
+    "SESSION_LIMIT_STOPS",
     "SourceCollector",
     "count_allocation",
     "count_idle_reclaim",
+    "count_session_limit_stop",
     "timed_gpu_wait",
     "wait_status",
 ]

@@ -100,6 +100,9 @@ class HubRuntime:
         self.clients: dict[str, Any] = {}  # client arguments -> docker.APIClient
         self.sampler = GPUSampler()
         self.servers = ServerRegistry()
+        # when a running server's GPUs free up at the latest (the reclaimer's rules): the
+        # queue's estimate; None until the reclaimer is attached
+        self.release_estimator: Callable[[tuple[str, str], Any], float | None] | None = None
         self.attachments: dict[type, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._slots: dict[int, asyncio.Semaphore] = {}
