@@ -21,7 +21,8 @@ from spawner.core.session import (
     limit_from_state,
     parse_duration,
 )
-from spawner.hub.sessionapi import allocation, extend_refusal, idle_rule, iso, session_document
+from spawner.hub.dashboard import iso
+from spawner.hub.sessionapi import allocation, extend_refusal, idle_rule, session_document
 
 T0 = 1_800_000_000.0  # a Unix time
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from jupyterhub.apihandlers.base import APIHandler
@@ -23,18 +22,12 @@ from tornado import web
 from spawner.core.idle import to_unix
 from spawner.core.pool import PoolView
 from spawner.core.session import Deadlines, SessionLimit, can_extend, format_duration
+from spawner.hub.dashboard import iso  # the same time format as /hub/api/gpus
 from spawner.hub.reclaim import GPUReclaimer, reclaimer_for
 from spawner.runtime.runtime import get_runtime
 
 #: The URL pattern under the hub's base URL (an empty second group: the default server).
 PATTERN = r"/api/gpus/servers/([^/]+)/?([^/]*)"
-
-
-def iso(unix_time: float | None) -> str | None:
-    """ISO-8601 UTC with a ``Z``, as the rest of JupyterHub's API writes times."""
-    if unix_time is None:
-        return None
-    return datetime.fromtimestamp(unix_time, UTC).isoformat(timespec="seconds")[:-6] + "Z"
 
 
 def idle_rule(timeout: float, holds_gpus: bool) -> str:
