@@ -30,6 +30,7 @@ from spawner.hub.dashboard import handlers as gpu_dashboard_handlers
 from spawner.hub.reclaim import idle_culler_service, reclaimer_service
 from spawner.hub.sessionapi import handlers as session_handlers
 from spawner.hub.startup import start_with_hub
+from spawner.hub.usagereport import handlers as usage_handlers
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821 - provided by JupyterHub
 # Compose passes unset settings as empty strings; for oauthenticator, empty means unset.
@@ -201,7 +202,21 @@ reclaimer, reclaimer_role = reclaimer_service(reclaimer_token)
 c.JupyterHub.services.append(reclaimer)
 c.JupyterHub.load_roles.append(reclaimer_role)
 # /hub/gpus (page) and /hub/api/gpus (JSON), for admins: every GPU, its holder, the queue.
-c.JupyterHub.extra_handlers = gpu_dashboard_handlers() + session_handlers()
+c.JupyterHub.extra_handlers = gpu_dashboard_handlers() + session_handlers() + usage_handlers()
+
+# --- GPU-hours: records, budgets, reports (docs/usage.md) ----------------------------------
+# Records live in the hub's database (db_url above): sqlite in the state folder, or
+# PostgreSQL with GPUWS_DB_URL=postgresql://user:password@host/db. Budgets in GPU-hours.
+if (hours := env_number("GPUWS_GPU_HOURS_PER_USER", None)) is not None:
+    c.GPUDockerSpawner.gpu_hours_per_user = hours
+c.GPUDockerSpawner.gpu_hours_per_user_by_group = env_json_or_text("GPUWS_GPU_HOURS_BY_GROUP") or {}
+c.GPUDockerSpawner.gpu_hours_per_group = env_json_or_text("GPUWS_GPU_HOURS_PER_GROUP") or {}
+c.GPUDockerSpawner.gpu_hours_period = env_str("GPUWS_GPU_HOURS_PERIOD", "month")
+c.GPUDockerSpawner.gpu_hours_rolling = env_bool("GPUWS_GPU_HOURS_ROLLING")
+c.GPUDockerSpawner.on_budget_exhausted = env_str("GPUWS_ON_BUDGET_EXHAUSTED", "stop")
+c.GPUAccounting.retention_days = env_number("GPUWS_USAGE_RETENTION_DAYS", 400.0) or 400.0
+c.GPUAccounting.check_interval = env_number("GPUWS_USAGE_CHECK_INTERVAL", 15.0, minimum=0.5) or 15.0
+c.GPUAccounting.metrics_per_user = env_bool("GPUWS_USAGE_METRICS_PER_USER")
 # /hub/metrics (jupyterhub_gpus_*, jupyterhub_gpu_*) needs a token with read:metrics:
 # GPUWS_METRICS_TOKEN becomes the token of a "prometheus" service holding only that scope.
 if metrics_token := env_str("GPUWS_METRICS_TOKEN"):

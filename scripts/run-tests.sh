@@ -3,7 +3,7 @@
 #
 # On a fresh Debian machine, as root, it installs what the tests drive for real (dockerd
 # from docker.io, iptables, debootstrap, configurable-http-proxy, chromium, shellcheck,
-# socat), the package with its test extras in .venv, runs the static checks, then runs pytest on the
+# socat, postgresql), the package with its test extras in .venv, runs the static checks, then runs pytest on the
 # tests' private Docker engine (scripts/test-engine.sh, tests/engine.py), in that engine's
 # network namespace. The machine's own Docker engine is only read: a snapshot now, and the
 # run's last test proves it is unchanged (tests/test_host_engine.py).
@@ -21,6 +21,8 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v iptables >/dev/null || missing+=(iptables)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v socat >/dev/null || missing+=(socat)
+# the GPU-hours suite runs on a PostgreSQL of its own too (tests/postgres.py)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
     missing+=(docker-compose)
 fi

@@ -50,6 +50,10 @@ def _config(**spawner: object) -> Config:
             {"profiles": [{"slug": "a", "display_name": "A", "mem_limit": "much"}]},
             "mem_limit",
         ),
+        ({"on_budget_exhausted": "pause"}, "on_budget_exhausted"),
+        ({"gpu_hours_period": "year"}, "gpu_hours_period"),
+        ({"gpu_hours_per_user": -1}, "gpu_hours_per_user"),
+        ({"gpu_hours_per_group": {"lab": "lots"}}, "gpu_hours_per_group"),
     ],
 )
 def test_bad_spawner_config_stops_the_hub_naming_the_option(settings, named):
@@ -57,6 +61,20 @@ def test_bad_spawner_config_stops_the_hub_naming_the_option(settings, named):
         check_spawner_config(_config(**settings))
     assert named in str(e.value.code)
     assert "Traceback" not in str(e.value.code)
+
+
+def test_a_retention_shorter_than_the_budget_period_stops_the_hub() -> None:
+    from spawner.hub.startup import start_with_hub
+
+    c = _config(gpu_hours_per_user=10.0, gpu_inventory="2")
+    c.GPUAccounting.retention_days = 7.0
+    with pytest.raises(ConfigError) as e:
+        start_with_hub(c)
+    assert "GPUAccounting.retention_days is 7 days, shorter than the budgets' period" in str(
+        e.value.code
+    )
+    c.GPUAccounting.retention_days = 31.0
+    start_with_hub(c)
 
 
 def test_good_config_passes_and_warns_when_gpus_cannot_be_seen(capsys):

@@ -10,6 +10,7 @@ import pytest
 from spawner.core.hardening import NPROC_CEILING_MAX
 from spawner.core.labels import (
     LABEL_GPUS,
+    LABEL_GROUPS,
     LABEL_HUB_INSTANCE,
     LABEL_PREFIX_NAME,
     LABEL_PROFILE,
@@ -181,7 +182,19 @@ def test_bad_settings_get_a_sentence(settings: dict[str, Any], words: list[str])
             {"user": "ada", "server": "w", "gpu_ids": ["0", "GPU-1"], "prefix": "lab",
              "hub_instance": "h-1", "profile_slug": "gpu-2"},
             {LABEL_USER: "ada", LABEL_SERVER: "w", LABEL_PROFILE: "gpu-2",
-             LABEL_GPUS: "0,GPU-1", LABEL_PREFIX_NAME: "lab", LABEL_HUB_INSTANCE: "h-1"},
+             LABEL_GPUS: "0,GPU-1", LABEL_PREFIX_NAME: "lab", LABEL_HUB_INSTANCE: "h-1",
+             LABEL_GROUPS: "[]"},
+        ),
+        # a GPU server: the groups at spawn, sorted, as JSON (a CPU one has none)
+        (
+            {"user": "ada", "gpu_ids": ["0"], "groups": ("staff", "lab,a")},
+            {LABEL_USER: "ada", LABEL_SERVER: "", LABEL_PROFILE: "", LABEL_GPUS: "0",
+             LABEL_PREFIX_NAME: "gpuws", LABEL_GROUPS: '["lab,a", "staff"]'},
+        ),
+        (
+            {"user": "ada", "groups": ("staff",)},
+            {LABEL_USER: "ada", LABEL_SERVER: "", LABEL_PROFILE: "", LABEL_GPUS: "",
+             LABEL_PREFIX_NAME: "gpuws"},
         ),
         # literal: braces are no template any more
         (

@@ -35,9 +35,22 @@ import docker
 import requests
 from docker.utils import kwargs_from_env
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, Union, default, validate
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    validate,
+)
 from traitlets.config import LoggingConfigurable
 
+from spawner.backends.budgets import check_gpu_budget, form_budget_line
 from spawner.backends.errors import WorkspaceError, engine_unreachable, start_failure
 from spawner.core import egress, form, hardening
 from spawner.core.choices import ChoiceError, allowed_image
@@ -236,6 +249,56 @@ class WorkspaceMixin(LoggingConfigurable):
         value_trait=Int(min=0),
         config=True,
         help="""Most GPUs all members of a group may hold together, e.g. {"interns": 2}.""",
+    )
+
+    # -- GPU-hours budgets (docs/usage.md) -------------------------------------------------
+
+    gpu_hours_per_user = Float(
+        None,
+        allow_none=True,
+        min=0.0,
+        config=True,
+        help="""GPU-hours each user may use per ``gpu_hours_period`` (a GPU for an hour is one
+        GPU-hour; two GPUs for an hour, two). None: no per-user budget.""",
+    )
+    gpu_hours_per_user_by_group = Dict(
+        value_trait=Float(min=0.0),
+        config=True,
+        help="""Per-user GPU-hours budget for members of a group, e.g. {"students": 20,
+        "staff": 200}. A user in several groups gets the highest; it replaces
+        ``gpu_hours_per_user``.""",
+    )
+    gpu_hours_per_group = Dict(
+        value_trait=Float(min=0.0),
+        config=True,
+        help="""GPU-hours all members of a group may use together per period, e.g.
+        {"lab-a": 500}. Use counts against the groups its user was in at spawn.""",
+    )
+    gpu_hours_period = CaselessStrEnum(
+        ["day", "week", "month"],
+        default_value="month",
+        config=True,
+        help="""The period GPU-hours budgets are for: a calendar day, ISO week (from Monday)
+        or month in UTC, or with ``gpu_hours_rolling`` the last 1, 7 or 30 days.""",
+    )
+    gpu_hours_rolling = Bool(
+        False,
+        config=True,
+        help="Count budgets over the last 1/7/30 days instead of the calendar period.",
+    )
+    on_budget_exhausted = CaselessStrEnum(
+        ["stop", "keep"],
+        default_value="stop",
+        config=True,
+        help="""What happens to a running GPU server whose budget runs out: "stop" (after the
+        in-session warning, ``GPUReclaimer.warn_before`` ahead) or "keep" (warned, left
+        running; new GPU spawns are refused either way).""",
+    )
+    usage_db_url = Unicode(
+        "",
+        config=True,
+        help="""SQLAlchemy URL of the database that keeps the GPU-hours records. Empty: the
+        hub's own (``JupyterHub.db_url``: sqlite in the state folder, or PostgreSQL).""",
     )
 
     # -- shared memory -------------------------------------------------------------------
@@ -482,6 +545,9 @@ class WorkspaceMixin(LoggingConfigurable):
         # often its user extended it; kept in the state, so a hub restart keeps both
         self.session_limit: SessionLimit | None = None
         self.session_extensions = 0
+        # (when its budget runs out, the sentence), set by the hub's accountant for a GPU
+        # server with a budget; None: no budget applies
+        self.budget_due: tuple[float | None, str] | None = None
         self._last_wait_message = ""
         self._progress_events: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
@@ -587,7 +653,7 @@ class WorkspaceMixin(LoggingConfigurable):
         """When idle reclaim (after ``gpu_idle_timeout``) and the session limit would stop
         this server, from the hub's record of its start and last activity."""
         orm = self.orm_spawner
-        return deadlines(
+        due = deadlines(
             started=to_unix(orm.started) if orm is not None else None,
             last_activity=to_unix(orm.last_activity) if orm is not None else None,
             holds_gpus=bool(self.gpu_ids),
@@ -595,6 +661,10 @@ class WorkspaceMixin(LoggingConfigurable):
             limit=self.session_limit,
             extensions_used=self.session_extensions,
         )
+        if self.budget_due is not None and str(self.on_budget_exhausted).lower() == "stop":
+            # the hub's accountant projects when this server's budget runs out
+            due = dataclasses.replace(due, budget=self.budget_due[0])
+        return due
 
     def clear_state(self) -> None:
         super().clear_state()  # type: ignore[misc]
@@ -651,6 +721,7 @@ class WorkspaceMixin(LoggingConfigurable):
                 self._profile,
                 user=self.user.name,
                 server=self.name or "",
+                groups=self._user_groups(),
                 host_pid_max=self.host_pid_max(),
             )
         gpu_ids = tuple(getattr(self, "gpu_ids", ()) or ())
@@ -874,6 +945,7 @@ class WorkspaceMixin(LoggingConfigurable):
             free_gpus=gpus.free,
             total_gpus=gpus.total,
             queue_length=gpus.queue_length,
+            budget_line=await form_budget_line(self) if any(p.gpus for p in profiles) else "",
             template_paths=self.form_template_paths,
         )
 
@@ -932,6 +1004,7 @@ class WorkspaceMixin(LoggingConfigurable):
         if profile.gpus:
             # Refuse over-quota requests before anything waits or is created.
             await self.check_gpu_quota(profile.gpus)
+            await check_gpu_budget(self)
 
     def _apply_allowed_image(self, user_options: Any) -> None:
         """DockerSpawner's user option: ``{"image": <key of allowed_images>}``; other keys

@@ -129,6 +129,7 @@ def render_form(
     free_gpus: int,
     total_gpus: int,
     queue_length: int,
+    budget_line: str = "",
     template_paths: Sequence[str] = (),
 ) -> str:
     """The HTML of the spawn form (autoescaped), for ``Spawner.options_form``.
@@ -137,7 +138,8 @@ def render_form(
     ``profiles_visible`` the default profile is pre-selected. A profile asking for more GPUs than
     ``free_gpus`` stays selectable and is marked as waiting for a free GPU. ``chosen`` holds
     the user's last choices of the selected profile's options (keys by setting); every other
-    option shows its default for ``user_groups``.
+    option shows its default for ``user_groups``. ``budget_line`` says how many GPU-hours
+    are left ("12.5 of 40 GPU-hours left this month"; empty: no budget).
     """
     checked_slug: str | None = None
     if profiles_visible:
@@ -173,6 +175,7 @@ def render_form(
         availability=availability_text(free_gpus, total_gpus, queue_length),
         wait_note=WAIT_NOTE,
         notes=list(notes),
+        budget_line=budget_line,
     )
 
 

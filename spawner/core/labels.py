@@ -15,9 +15,12 @@ LABEL_SERVER = f"{LABEL_PREFIX}.server"
 LABEL_PROFILE = f"{LABEL_PREFIX}.profile"
 LABEL_PREFIX_NAME = f"{LABEL_PREFIX}.prefix"
 LABEL_HUB_INSTANCE = f"{LABEL_PREFIX}.hub-instance"
+#: The user's groups at spawn, a JSON list (on GPU servers: whose GPU-hours budgets count it).
+LABEL_GROUPS = f"{LABEL_PREFIX}.groups"
 
 __all__ = [
     "LABEL_GPUS",
+    "LABEL_GROUPS",
     "LABEL_HUB_INSTANCE",
     "LABEL_PREFIX",
     "LABEL_PREFIX_NAME",

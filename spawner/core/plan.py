@@ -13,13 +13,15 @@ The GPUs a server was given are known only after the claim: add them with
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spawner.core import hardening
 from spawner.core.devices import DEFAULT_CAPABILITIES, GPU_MECHANISMS
 from spawner.core.labels import (
     LABEL_GPUS,
+    LABEL_GROUPS,
     LABEL_HUB_INSTANCE,
     LABEL_PREFIX_NAME,
     LABEL_PROFILE,
@@ -85,6 +87,7 @@ class SpawnPlan:
 
     user: str
     server: str = ""
+    groups: tuple[str, ...] = ()  # the user's groups at spawn (GPU-hours accounting)
     prefix: str = "gpuws"
     hub_instance: str = ""
     profile_slug: str = ""
@@ -109,7 +112,14 @@ class SpawnPlan:
     env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("gpu_device_ids", "gpu_ids", "capabilities", "cap_add", "constraints"):
+        for name in (
+            "gpu_device_ids",
+            "gpu_ids",
+            "capabilities",
+            "cap_add",
+            "constraints",
+            "groups",
+        ):
             object.__setattr__(self, name, _strings(getattr(self, name)))
         # A copy: the caller's dict may change after the plan is made.
         object.__setattr__(self, "env", {str(k): str(v) for k, v in self.env.items()})
@@ -134,6 +144,9 @@ class SpawnPlan:
         }
         if self.hub_instance:
             labels[LABEL_HUB_INSTANCE] = self.hub_instance
+        if self.gpu_ids:
+            # whose budgets its GPU-hours count against, as they were at spawn
+            labels[LABEL_GROUPS] = json.dumps(sorted(self.groups))
         return labels
 
 
@@ -181,6 +194,7 @@ def resolve_plan(
     *,
     user: str,
     server: str = "",
+    groups: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     host_pid_max: int | None = None,
 ) -> SpawnPlan:
@@ -207,6 +221,7 @@ def resolve_plan(
     return SpawnPlan(
         user=user,
         server=server,
+        groups=tuple(groups),
         prefix=settings.prefix,
         hub_instance=settings.hub_instance,
         profile_slug=profile.slug if profile is not None else "",

@@ -18,6 +18,7 @@ from typing import Any
 
 IDLE = "idle"
 SESSION = "session"
+BUDGET = "budget"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)\s*([smhd]))+?", re.IGNORECASE)
@@ -90,15 +91,18 @@ def limit_from_state(state: object) -> tuple[SessionLimit | None, int]:
 
 @dataclass(frozen=True)
 class Deadlines:
-    """When idle reclaim and the session limit would stop a server (None: never)."""
+    """When idle reclaim, the session limit and a used-up GPU-hours budget (with
+    ``on_budget_exhausted`` "stop") would stop a server (None: never)."""
 
     idle: float | None
     session: float | None
+    budget: float | None = None
 
     @property
     def stop(self) -> tuple[float | None, str | None]:
-        """The first of the two, and which rule it is (``"idle"`` or ``"session"``)."""
-        due = [(t, why) for t, why in ((self.session, SESSION), (self.idle, IDLE)) if t is not None]
+        """The first of them, and which rule it is (``"idle"``, ``"session"``, ``"budget"``)."""
+        rules = ((self.budget, BUDGET), (self.session, SESSION), (self.idle, IDLE))
+        due = [(t, why) for t, why in rules if t is not None]
         if not due:
             return None, None
         when, why = min(due, key=lambda pair: pair[0])
@@ -201,6 +205,7 @@ def estimate_sentence(estimate: Estimate, now: float) -> str:
 
 
 __all__ = [
+    "BUDGET",
     "IDLE",
     "SESSION",
     "Deadlines",

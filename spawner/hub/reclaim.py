@@ -313,7 +313,6 @@ class GPUReclaimer(LoggingConfigurable):
     async def _reclaim(self, key: tuple[str, str], spawner: Any, decision: Decision) -> str | None:
         """Stop an idle GPU server with ``DELETE``, as an admin's stop button does; its name
         when the hub took the request."""
-        user, name = key
         ids = list(getattr(spawner, "gpu_ids", None) or [])
         self.log.info(
             "GPU reclaimer: stopping %s (GPU %s), %s",
@@ -321,18 +320,23 @@ class GPUReclaimer(LoggingConfigurable):
             ",".join(ids),
             decision.reason,
         )
-        quoted = quote(user, safe="")
-        path = (
-            f"/users/{quoted}/servers/{quote(name, safe='')}" if name else f"/users/{quoted}/server"
-        )
-        stopped = await self._call("DELETE", spawner, path, None, f"stop {spawner._log_name}")
-        if not stopped:
+        if not await self.stop_server(key, spawner):
             return None
         if decision.rule == IDLE:
             metrics.count_idle_reclaim()
         else:
             metrics.count_session_limit_stop()
         return str(spawner._log_name)
+
+    async def stop_server(self, key: tuple[str, str], spawner: Any) -> bool:
+        """``DELETE`` one server through the REST API, as an admin's stop button does (also
+        for the GPU-hours accountant); whether the hub took the request."""
+        user, name = key
+        quoted = quote(user, safe="")
+        path = (
+            f"/users/{quoted}/servers/{quote(name, safe='')}" if name else f"/users/{quoted}/server"
+        )
+        return await self._call("DELETE", spawner, path, None, f"stop {spawner._log_name}")
 
     # -- what the session endpoint and the queue read -------------------------------------------
 

@@ -22,6 +22,7 @@ from tornado import web
 from spawner.core.idle import to_unix
 from spawner.core.pool import PoolView
 from spawner.core.session import Deadlines, SessionLimit, can_extend, format_duration
+from spawner.hub.accounting import accounting_for
 from spawner.hub.dashboard import iso  # the same time format as /hub/api/gpus
 from spawner.hub.reclaim import GPUReclaimer, reclaimer_for
 from spawner.runtime.runtime import get_runtime
@@ -56,8 +57,11 @@ def session_document(
     settings: Mapping[str, float],
     waiting: int,
     now: float,
+    budget: tuple[float | None, str] | None = None,
+    on_budget_exhausted: str = "stop",
 ) -> dict[str, Any]:
-    """The endpoint's answer for one server (every key always there; see the module)."""
+    """The endpoint's answer for one server (every key always there; see the module).
+    ``budget``: when its GPU-hours budget runs out and the sentence, from the accountant."""
     timeout = float(settings["gpu_idle_timeout"])
     stop_at, reason = due.stop
     return {
@@ -88,6 +92,22 @@ def session_document(
         "warn_before_seconds": float(settings["warn_before"]),
         "poll_seconds": float(settings["status_poll_interval"]),
         "queue": {"waiting": waiting},
+        "budget": budget_block(budget, on_budget_exhausted, now),
+    }
+
+
+def budget_block(
+    budget: tuple[float | None, str] | None, on_exhausted: str, now: float
+) -> dict[str, Any]:
+    """The document's ``budget``: when the tightest GPU-hours budget runs out at the
+    present pace, what then, and the sentence the extension shows."""
+    at, message = budget if budget is not None else (None, None)
+    return {
+        "applies": budget is not None,
+        "exhausts_at": iso(at),
+        "exhausts_in_seconds": max(round(at - now), 0) if at is not None else None,
+        "on_exhausted": on_exhausted,
+        "message": message,
     }
 
 
@@ -145,6 +165,9 @@ class SessionAPIHandler(APIHandler):  # type: ignore[misc]
         views = runtime.views() if runtime is not None else []
         user, server = spawner.user.name, spawner.name or ""
         profile = await spawner.running_profile()
+        accounting = accounting_for(self.config)
+        if accounting is not None and spawner.gpu_ids:
+            await accounting.project(spawner)  # the budget as of now, not the last pass
         orm = spawner.orm_spawner
         return session_document(
             user=user,
@@ -165,6 +188,8 @@ class SessionAPIHandler(APIHandler):  # type: ignore[misc]
             },
             waiting=sum(len(view.queue) for view in views),
             now=time.time(),
+            budget=spawner.budget_due,
+            on_budget_exhausted=str(spawner.on_budget_exhausted).lower(),
         )
 
     def _answer(self, document: Mapping[str, Any]) -> None:
@@ -210,6 +235,7 @@ def handlers() -> list[tuple[str, type]]:
 __all__ = [
     "SessionAPIHandler",
     "allocation",
+    "budget_block",
     "extend_refusal",
     "handlers",
     "idle_rule",

@@ -13,6 +13,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from spawner.core.errors import ConfigError
+from spawner.hub.accounting import GPUAccounting, accounting_for
 from spawner.hub.config import configured_spawner_class, stand_in_user
 from spawner.hub.reclaim import GPUReclaimer, reclaimer_for
 from spawner.runtime.runtime import RuntimeSettings, create_runtime
@@ -35,6 +36,7 @@ def start_with_hub(config: Config) -> None:
     the settings."""
     try:
         GPUReclaimer(config=config)
+        GPUAccounting(None, config)
     except TraitError as e:
         raise ConfigError(str(e)) from None
     try:
@@ -56,6 +58,9 @@ async def _prepare(config: Config) -> None:
             await source.refresh()
     except Exception as e:
         log.warning("GPU source not prepared at start-up (%s); it is made at the first spawn", e)
+    accounting = accounting_for(config)  # GPU-hours records from the engine's view
+    if accounting is not None:
+        accounting.start()
 
 
 __all__ = ["runtime_settings", "start_with_hub"]

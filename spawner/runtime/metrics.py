@@ -11,6 +11,9 @@ for counters):
 - ``jupyterhub_gpu_allocations_total{profile}``: GPU allocations, by profile;
 - ``jupyterhub_gpu_idle_reclaimed_total``: GPU servers stopped for being idle.
 - ``jupyterhub_session_limit_stops_total``: servers stopped at their profile's session limit.
+- ``jupyterhub_gpu_seconds_total{profile,group}``: GPU-seconds used, from the GPU-hours
+  records and their summaries (so it survives hub restarts and retention); a user in two
+  groups counts in both; ``jupyterhub_gpu_user_seconds_total{user}`` behind an option.
 
 No Docker import: the hub runtime hands in its GPU sources.
 """
@@ -24,11 +27,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from spawner.core.allocator import NotEnoughGPUs, QuotaExceeded
 from spawner.core.pool import GPUWaitTimeout
+from spawner.core.usage import Piece, UsageRecord, totals
 
 #: Buckets of the wait histogram: most spawns get their GPUs at once; a queue waits minutes.
 WAIT_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
@@ -139,12 +143,55 @@ class SourceCollector(Collector):
             self._registered = False
 
 
+#: (open records, ended records summed per user/profile/groups and the summaries, the
+#: per-user totals of summarised records)
+UsageSnapshot = tuple[list[UsageRecord], list[Piece], dict[str, float]]
+
+
+class UsageCollector(SourceCollector):
+    """GPU-seconds counters as of the accountant's last pass (an open record up to when it
+    was last seen running, so they never go down), registered while the accountant runs."""
+
+    def __init__(self, read: Callable[[], UsageSnapshot], per_user: bool) -> None:
+        super().__init__(lambda: [])
+        self._read = read
+        self._per_user = per_user
+
+    def collect(self) -> Iterator[Metric]:
+        records, summaries, retired = self._read()
+        now = time.time()
+        family = CounterMetricFamily(
+            "jupyterhub_gpu_seconds",
+            "GPU-seconds used by this hub's servers, by profile and group (a user's use "
+            'counts in each group they were in at spawn; group "" for none)',
+            labels=["profile", "group"],
+        )
+        for (profile, group), seconds in sorted(totals(records, summaries, now).items()):
+            family.add_metric([profile or NO_PROFILE, group], seconds)
+        yield family
+        if not self._per_user:
+            return
+        per_user = CounterMetricFamily(
+            "jupyterhub_gpu_user_seconds", "GPU-seconds used, by user", labels=["user"]
+        )
+        users = dict(retired)
+        for record in records:
+            users[record.user] = users.get(record.user, 0.0) + record.gpu_seconds(now)
+        for piece in summaries:
+            if piece.user:  # ended records summed by the store (summaries have no name)
+                users[piece.user] = users.get(piece.user, 0.0) + piece.gpu_seconds
+        for user, seconds in sorted(users.items()):
+            per_user.add_metric([user], seconds)
+        yield per_user
+
+
 __all__ = [
     "GPU_ALLOCATIONS",
     "GPU_IDLE_RECLAIMED",
     "GPU_WAIT_DURATION",
     "SESSION_LIMIT_STOPS",
     "SourceCollector",
+    "UsageCollector",
     "count_allocation",
     "count_idle_reclaim",
     "count_session_limit_stop",

@@ -89,6 +89,7 @@ class ContainerRecord:
     finished_at: str  # State.FinishedAt
     created_ns: int  # Created, in nanoseconds (0 when Docker gave none we can read)
     claim: ClaimedGPUs | None  # the GPUs it holds; None: none at all
+    started_at: str = ""  # State.StartedAt ("0001-01-01T00:00:00Z": never started)
 
     @property
     def live(self) -> bool:
@@ -123,6 +124,7 @@ def record_from_inspect(doc: Mapping[str, Any], default_runtime: str = "runc") -
         finished_at=str(state.get("FinishedAt") or ""),
         created_ns=created,
         claim=claim or None,
+        started_at=str(state.get("StartedAt") or ""),
     )
 
 
@@ -197,6 +199,10 @@ class EngineObserver:
         self._gone: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._synced = False
         self._listeners: list[Callable[[], None]] = []
+        self._record_listeners: list[Callable[[ContainerRecord], None]] = []
+        # when each container last died, by Docker's die events (GPU-hours accounting: an
+        # auto-removed container is gone before anyone can read its FinishedAt)
+        self._deaths: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self._thread: threading.Thread | None = None
         self._stop: threading.Event = threading.Event()
@@ -260,6 +266,38 @@ class EngineObserver:
         over to their own event loop); it must not block."""
         with self._lock:
             self._listeners.append(callback)
+
+    def add_record_listener(self, callback: Callable[[ContainerRecord], None]) -> None:
+        """``callback(record)`` runs in the observer's thread with every container record
+        it stores (each state a container goes through); it must not block."""
+        with self._lock:
+            self._record_listeners.append(callback)
+
+    def died_at(self, container_id: str) -> int | None:
+        """When the stream last saw that container die (ns since the epoch), or None."""
+        with self._lock:
+            return self._deaths.get(container_id)
+
+    def deaths_since(self, since_ns: int) -> dict[str, int]:
+        """Die events since ``since_ns`` as the engine still remembers them (a bounded
+        buffer: Docker keeps its last events in memory), read with a client of its own."""
+        api = self._make_client()
+        try:
+            info = api.info()
+            now = created_ns(str(info.get("SystemTime") or ""))
+            stream = api.events(
+                since=api_timestamp(since_ns),
+                until=api_timestamp(now),
+                decode=True,
+                filters={"type": "container", "event": "die"},
+            )
+            found: dict[str, int] = {}
+            for event in stream:
+                stamp = event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000
+                found[str(event.get("id") or "")] = int(stamp)
+            return found
+        finally:
+            _close_quietly(api)
 
     async def wait_synced(self, timeout: float) -> bool:
         """Wait until ``synced`` (False when ``timeout`` seconds pass first)."""
@@ -404,6 +442,12 @@ class EngineObserver:
         if effect is None:
             return
         action, container_id = effect
+        if event.get("Action") == "die" or event.get("status") == "die":
+            stamp = event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000
+            with self._lock:
+                self._deaths[container_id] = int(stamp)
+                while len(self._deaths) > _GONE_MEMORY:
+                    self._deaths.popitem(last=False)
         doc = self._inspect(api, container_id) if action == "inspect" else None
         if doc is None:
             self._commit(container_id, None, stop)
@@ -431,6 +475,14 @@ class EngineObserver:
                 self._by_id[container_id] = record
                 self._by_name[record.name] = container_id
             self.version += 1
+            record_listeners = list(self._record_listeners)
+        for callback in record_listeners:
+            if record is None:
+                break
+            try:
+                callback(record)
+            except Exception:
+                self.log.exception("Engine observer %s: a record listener failed", self.name)
         self._notify()
 
     def _inspect(self, api: Any, container_id: str) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -26,6 +26,7 @@ from spawner.core.inventory import Inventory
 from spawner.core.pool import GPUPool, PoolView
 from spawner.runtime.metrics import SourceCollector
 from spawner.runtime.nvml import GPUSampler
+from spawner.runtime.usagestore import UsageStore
 
 T = TypeVar("T")
 
@@ -103,6 +104,10 @@ class HubRuntime:
         # when a running server's GPUs free up at the latest (the reclaimer's rules): the
         # queue's estimate; None until the reclaimer is attached
         self.release_estimator: Callable[[tuple[str, str], Any], float | None] | None = None
+        # GPU-hours: the records' store of each database URL, and the accountant's way to
+        # bring them up to date before a budget is read (None until it is attached)
+        self.usage_stores: dict[str, UsageStore] = {}
+        self.usage_sync: Callable[[], Awaitable[None]] | None = None
         self.attachments: dict[type, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._slots: dict[int, asyncio.Semaphore] = {}
@@ -170,6 +175,12 @@ class HubRuntime:
         found: T = self.clients[key]
         return found
 
+    def usage_store(self, url: str) -> UsageStore:
+        """The GPU-hours store of one database (the hub's own, in practice)."""
+        if url not in self.usage_stores:
+            self.usage_stores[url] = UsageStore(url)
+        return self.usage_stores[url]
+
     def observer(self, address: str, make: Callable[[], Any]) -> Any:
         """The engine observer of one engine address, made and started on first use."""
         if address not in self.observers:
@@ -204,6 +215,9 @@ class HubRuntime:
         for client in self.clients.values():
             with contextlib.suppress(Exception):
                 client.close()
+        for store in self.usage_stores.values():
+            with contextlib.suppress(Exception):
+                store.close()
         self.collector.unregister()
 
 

@@ -32,11 +32,18 @@ export interface IHubDoc {
     can_extend: boolean;
   };
   stop_at: string | null;
-  stop_reason: 'idle' | 'session' | null;
+  stop_reason: 'idle' | 'session' | 'budget' | null;
   stop_in_seconds: number | null;
   warn_before_seconds: number;
   poll_seconds: number;
   queue: { waiting: number };
+  budget: {
+    applies: boolean;
+    exhausts_at: string | null;
+    exhausts_in_seconds: number | null;
+    on_exhausted: 'stop' | 'keep';
+    message: string | null;
+  };
 }
 
 export interface INvmlGpu {

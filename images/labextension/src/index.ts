@@ -46,6 +46,7 @@ class Monitor {
       this.status = status;
       this.item.node.textContent = statusText(status);
       this.warn(status);
+      this.warnBudget(status);
     } else {
       this.item.node.title = `GPU session: ${error}`;
     }
@@ -79,7 +80,12 @@ class Monitor {
       return;
     }
     this.warned = true;
-    if (hub.stop_reason === 'session') {
+    if (hub.stop_reason === 'budget') {
+      // the hub's own sentence: whose budget, how much is left, what happens then
+      this.warning = Notification.warning(hub.budget?.message ?? 'GPU-hours budget used up.', {
+        autoClose: false
+      });
+    } else if (hub.stop_reason === 'session') {
       const actions = hub.session.can_extend
         ? [
             {
@@ -97,6 +103,29 @@ class Monitor {
         autoClose: false,
         actions: [{ label: 'Keep running', callback: () => void this.act('keep') }]
       });
+    }
+  }
+
+  /** A budget that runs out while the server is kept running (on_budget_exhausted "keep"):
+   * one notice per episode, as for the stop warning. */
+  private warnBudget(status: IStatus): void {
+    const hub = status.hub;
+    const budget = hub ? hub.budget : null;
+    const left = budget ? budget.exhausts_in_seconds : null;
+    if (
+      !hub ||
+      !budget ||
+      hub.stop_reason === 'budget' ||
+      left === null ||
+      left === undefined ||
+      left > hub.warn_before_seconds
+    ) {
+      this.budgetWarned = false;
+      return;
+    }
+    if (!this.budgetWarned) {
+      this.budgetWarned = true;
+      Notification.warning(budget.message ?? 'GPU-hours budget used up.', { autoClose: false });
     }
   }
 
@@ -124,6 +153,7 @@ class Monitor {
   private panel: MainAreaWidget<StatusContent> | null = null;
   private warning: string | null = null;
   private warned = false;
+  private budgetWarned = false;
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {

@@ -41,6 +41,7 @@ function rows(status: IStatus): [string, string][] {
         'Stops at',
         hub.stop_at ? `${when(hub.stop_at)} (${hub.stop_reason ?? 'unknown'})` : 'Not scheduled.'
       ],
+      ['GPU-hours budget', hub.budget?.message ?? 'None.'],
       ['Waiting for GPUs', `${hub.queue.waiting} spawn(s) on this hub`]
     );
   }
