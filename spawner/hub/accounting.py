@@ -129,7 +129,8 @@ class GPUAccounting(LoggingConfigurable):
         now = time.time()
         for _, spawner in self._gpu_servers():
             due = getattr(spawner, "budget_due", None)
-            if due is not None and due[0] is not None:
+            # one still ahead (one run out already was acted on, or is kept running)
+            if due is not None and due[0] is not None and due[0] > now:
                 wait = min(wait, max(due[0] - now, 0.2))
         return wait
 
