@@ -376,3 +376,40 @@ def _unix(stamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.browser
+def test_jupyterlab_warns_before_the_budget_stops_the_server(
+    start_hub: Any, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    from browser import chromium, log_in, new_page, screenshot_on_failure, start_profile
+
+    hub, _ = _start(
+        start_hub,
+        lambda hub: {},
+        tmp_path,
+        {
+            "GPUWS_GPU_HOURS_PER_USER": "0.03",  # 108 GPU-seconds
+            "GPUWS_GPU_HOURS_PERIOD": "day",
+            "GPUWS_STOP_WARNING": "50",
+            "GPUWS_STATUS_POLL_INTERVAL": "2",
+        },
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    with chromium() as browser:
+        page = new_page(browser)
+        log_in(page, hub.url, "uw-ada", "any")
+        page.wait_for_url("**/hub/spawn**")
+        assert "0.03 of 0.03 GPU-hours left today" in page.locator(".gpuws-budget").inner_text()
+        start_profile(page, "gpu-1")
+        with screenshot_on_failure(page, str(ARTIFACTS / "usage-budget-warning-failed.png")):
+            due = _unix(hub.api("GET", "/gpus/servers/uw-ada").json()["budget"]["exhausts_at"])
+            warning = page.locator(".Toastify__toast", has_text="GPU-hours budget of each user")
+            warning.wait_for(timeout=120_000)
+            warned = time.time()
+            assert "then this server is stopped" in warning.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "usage-budget-warning.png"))
+    # within the warning period (50 s ahead, read every 2 s), never after the stop
+    assert due - 50 - 4 <= warned < due, (warned, due)
+    hub.wait_gone("uw-ada", timeout=90)
+    assert time.time() >= due - 1
