@@ -27,6 +27,7 @@ import pytest
 from harness import Hub, wait_for
 from postgres import create_database, postgres_bin, postgres_server
 from test_operations import gpus, scrape
+from test_session_hub import _unix
 
 from spawner.core.usage import UsageRecord
 from spawner.runtime.usagestore import UsageStore
@@ -370,12 +371,6 @@ def test_reports_agree_across_page_csv_json_and_metrics_after_retention(
 
 def report_chart(hub: Hub, first: str) -> list[dict[str, Any]]:
     return _report(hub, **{"from": first, "stack": "user", "by": "group"})["chart"]["series"]  # type: ignore[no-any-return]
-
-
-def _unix(stamp: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 @pytest.mark.browser

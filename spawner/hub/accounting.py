@@ -163,7 +163,9 @@ class GPUAccounting(LoggingConfigurable):
                 models[gpu.id] = gpu.name
         return models
 
-    def _usage(self, record: ContainerRecord, died_ns: int | None) -> UsageRecord | None:
+    def _usage(
+        self, record: ContainerRecord, died_ns: int | None, models: dict[str, str]
+    ) -> UsageRecord | None:
         try:
             started = created_ns(record.started_at)
         except ValueError:
@@ -175,7 +177,7 @@ class GPUAccounting(LoggingConfigurable):
             if ended is None or ended < started:
                 ended = died_ns if died_ns is not None and died_ns >= started else None
         return record_from_container(
-            record.id, record.labels, started_ns=started, ended_ns=ended, models=self._models()
+            record.id, record.labels, started_ns=started, ended_ns=ended, models=models
         )
 
     async def sync(self) -> None:
@@ -195,10 +197,11 @@ class GPUAccounting(LoggingConfigurable):
                         seen[record.id] = (record, observer)
             for cid, record in pending.items():
                 seen.setdefault(cid, (record, observers[0]))
+            models = self._models()
             usage = [
                 u
                 for record, observer in seen.values()
-                if (u := self._usage(record, observer.died_at(record.id))) is not None
+                if (u := self._usage(record, observer.died_at(record.id), models)) is not None
             ]
             now = time.time()
             store = self.store

@@ -166,8 +166,9 @@ class SessionAPIHandler(APIHandler):  # type: ignore[misc]
         user, server = spawner.user.name, spawner.name or ""
         profile = await spawner.running_profile()
         accounting = accounting_for(self.config)
-        if accounting is not None and spawner.gpu_ids:
-            await accounting.project(spawner)  # the budget as of now, not the last pass
+        if accounting is not None and spawner.gpu_ids and spawner.budget_due is None:
+            # not projected yet (just started): now; after that, the accountant's passes
+            await accounting.project(spawner)
         orm = spawner.orm_spawner
         return session_document(
             user=user,

@@ -146,6 +146,11 @@ def event_effect(event: Mapping[str, Any]) -> tuple[Literal["inspect", "remove"]
     return None
 
 
+def event_ns(event: Mapping[str, Any]) -> int:
+    """When a Docker event happened, in nanoseconds since the epoch."""
+    return int(event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000)
+
+
 def summary_name(summary: Mapping[str, Any]) -> str:
     """A ``docker ps`` entry's own name ("/a/alias" entries are links into other containers)."""
     names = [str(n).lstrip("/") for n in summary.get("Names") or ()]
@@ -293,8 +298,7 @@ class EngineObserver:
             )
             found: dict[str, int] = {}
             for event in stream:
-                stamp = event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000
-                found[str(event.get("id") or "")] = int(stamp)
+                found[str(event.get("id") or "")] = event_ns(event)
             return found
         finally:
             _close_quietly(api)
@@ -443,9 +447,8 @@ class EngineObserver:
             return
         action, container_id = effect
         if event.get("Action") == "die" or event.get("status") == "die":
-            stamp = event.get("timeNano") or int(event.get("time") or 0) * 1_000_000_000
             with self._lock:
-                self._deaths[container_id] = int(stamp)
+                self._deaths[container_id] = event_ns(event)
                 while len(self._deaths) > _GONE_MEMORY:
                     self._deaths.popitem(last=False)
         doc = self._inspect(api, container_id) if action == "inspect" else None
@@ -532,6 +535,7 @@ __all__ = [
     "api_timestamp",
     "created_ns",
     "event_effect",
+    "event_ns",
     "record_from_inspect",
     "summary_name",
 ]
